@@ -1,0 +1,43 @@
+"""The ``rgm`` command line: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rgm_ray import __version__
+from rgm_ray.cli import cmd_data
+from rgm_ray.cli.common import UserError, emit_summary
+from rgm_ray.data import DatasetNotFoundError
+from rgm_ray.store import ArtefactExistsError, ManifestError
+
+COMMANDS = (cmd_data,)
+# Failures a user can fix: one clear line, no traceback, exit code 2.
+USER_ERRORS = (UserError, DatasetNotFoundError, ArtefactExistsError, ManifestError, FileNotFoundError,
+               ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rgm", description="Resampling generative models with likelihood-free importance "
+        "weights, distributed with Ray and tracked in MLflow.")
+    parser.add_argument("--version", action="version", version=f"rgm_ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = args.handler(args)
+    except USER_ERRORS as exc:
+        print(f"rgm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    emit_summary(args, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

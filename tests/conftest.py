@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests never download: real data comes from the Debian Fashion-MNIST package."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    from rgm_ray.data import load_dataset
+
+    return load_dataset("fashion-mnist", "test")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    """A throwaway MLflow SQLite store per test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
