@@ -35,6 +35,12 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
                 dynamic_ncols=True, leave=False)
 
 
+def progress_bar(*, total: int, desc: str, unit: str = "it", initial: int = 0) -> tqdm:
+    """A manually-updated tqdm bar on stderr (rate and ETA included)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                leave=False)
+
+
 def tracked_run(args: argparse.Namespace, run_name: str, params: dict[str, Any]):
     """Open the command's MLflow run, honouring ``--no-mlflow`` and ``--experiment``."""
     return start_run(run_name, enabled=not getattr(args, "no_mlflow", True),

@@ -112,6 +112,7 @@ _LOADERS: dict[str, Callable[[str, str | Path | None], ImageDataset]] = {
     "cifar10": _load_cifar10,
 }
 DATASET_NAMES = tuple(_LOADERS)
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def load_dataset(name: str, split: str, root: str | Path | None = None) -> ImageDataset:

@@ -1,0 +1,265 @@
+"""PixelCNN++ (Salimans et al. 2017): config, network, likelihood in bits/dim and the naive sampler.
+
+The network maps an image in [-1, 1] to discretized-logistic-mixture parameters for every pixel
+(``logistic_mixture`` documents the layout); the output at (i, j) depends only on pixels before
+(i, j) in raster order, and the RGB coupling within a pixel lives in the likelihood.
+
+Sampling is split from the model: a sampler is a function ``(model, mix_u, pix_u) -> uint8 images``
+that consumes noise from ``draw_sampling_noise``. Every sampler must consume that noise in the same
+way, so different samplers (the naive one here, a cached one elsewhere) give identical images for the
+same seed, and image ``j`` of a call depends only on ``(seed, j)``, not on the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from rgm_ray.models import logistic_mixture as lm
+from rgm_ray.models.pixelcnnpp_layers import (
+    DownRightShiftedConv2d,
+    DownRightShiftedConvTranspose2d,
+    DownShiftedConv2d,
+    DownShiftedConvTranspose2d,
+    GatedResnet,
+    Nin,
+    down_shift,
+    right_shift,
+)
+from rgm_ray.seeding import torch_generator
+
+NUM_RESOLUTIONS = 3  # e.g. 32 -> 16 -> 8; hence image_size must be divisible by 4
+
+
+@dataclass(frozen=True)
+class PixelCNNppConfig:
+    """Hyper-parameters of a PixelCNN++; defaults are the paper's CIFAR-10 model (~53M parameters)."""
+
+    in_channels: int = 3
+    image_size: int = 32
+    nr_resnet: int = 5
+    nr_filters: int = 160
+    nr_logistic_mix: int = 10
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "image_size", "nr_resnet", "nr_filters", "nr_logistic_mix"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (two 2x downsamplings), got {self.image_size}")
+        is_number = isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+        if not is_number or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    @property
+    def num_mixture_params(self) -> int:
+        """Channels of the network output (mixture parameters per pixel)."""
+        return lm.num_params(self.in_channels, self.nr_logistic_mix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PixelCNNppConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PixelCNNppConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+def bits_per_dim(log_prob_nats: Tensor, dims: int) -> Tensor:
+    """Negative log-likelihood in bits per dimension from log-probabilities in nats over ``dims`` dims."""
+    if dims < 1:
+        raise ValueError(f"dims must be positive, got {dims}")
+    return -log_prob_nats / (dims * math.log(2.0))
+
+
+class PixelCNNpp(nn.Module):
+    """The full PixelCNN++ network: two causal streams over three resolutions with U-Net skips."""
+
+    kind = "pixelcnnpp"
+
+    def __init__(self, config: PixelCNNppConfig):
+        super().__init__()
+        self.config = config
+        f, drop = config.nr_filters, config.dropout
+        padded_channels = config.in_channels + 1  # + a constant ones channel
+
+        self.u_init = DownShiftedConv2d(padded_channels, f, (2, 3))
+        self.ul_init_above = DownShiftedConv2d(padded_channels, f, (1, 3))
+        self.ul_init_left = DownRightShiftedConv2d(padded_channels, f, (2, 1))
+
+        def blocks(count: int, conv: type, aux_channels: int) -> nn.ModuleList:
+            return nn.ModuleList(GatedResnet(f, conv, aux_channels, drop) for _ in range(count))
+
+        def repeat(make: Callable[[], nn.Module], count: int) -> nn.ModuleList:
+            return nn.ModuleList(make() for _ in range(count))
+
+        # Index 0 is the finest resolution on the way down and the coarsest on the way up.
+        levels, nr = NUM_RESOLUTIONS, config.nr_resnet
+        self.down_u = repeat(lambda: blocks(nr, DownShiftedConv2d, 0), levels)
+        self.down_ul = repeat(lambda: blocks(nr, DownRightShiftedConv2d, f), levels)  # aux: u
+        self.downsample_u = repeat(lambda: DownShiftedConv2d(f, f, (2, 3), stride=2), levels - 1)
+        self.downsample_ul = repeat(lambda: DownRightShiftedConv2d(f, f, (2, 2), stride=2), levels - 1)
+
+        up_counts = [nr] + [nr + 1] * (levels - 1)
+        self.up_u = nn.ModuleList(blocks(n, DownShiftedConv2d, f) for n in up_counts)  # aux: u skip
+        self.up_ul = nn.ModuleList(blocks(n, DownRightShiftedConv2d, 2 * f) for n in up_counts)  # [u, ul skip]
+        self.upsample_u = repeat(lambda: DownShiftedConvTranspose2d(f, f, (2, 3), stride=2), levels - 1)
+        self.upsample_ul = repeat(lambda: DownRightShiftedConvTranspose2d(f, f, (2, 2), stride=2), levels - 1)
+
+        self.output = Nin(f, config.num_mixture_params)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Mixture parameters [B,P,H,W] for images ``x`` in [-1, 1] of shape [B,C,H,W]."""
+        self._check_shape(x)
+        # The ones channel lets the first convs tell zero padding from mid-grey pixels (value 0).
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        u = down_shift(self.u_init(x))
+        ul = down_shift(self.ul_init_above(x)) + right_shift(self.ul_init_left(x))
+
+        u_skips, ul_skips = [u], [ul]
+        for level in range(NUM_RESOLUTIONS):
+            if level > 0:
+                u, ul = self.downsample_u[level - 1](u), self.downsample_ul[level - 1](ul)
+                u_skips.append(u)
+                ul_skips.append(ul)
+            for u_block, ul_block in zip(self.down_u[level], self.down_ul[level]):
+                u = u_block(u)
+                ul = ul_block(ul, u)
+                u_skips.append(u)
+                ul_skips.append(ul)
+
+        u, ul = u_skips.pop(), ul_skips.pop()
+        for level in range(NUM_RESOLUTIONS):
+            if level > 0:
+                u, ul = self.upsample_u[level - 1](u), self.upsample_ul[level - 1](ul)
+            for u_block, ul_block in zip(self.up_u[level], self.up_ul[level]):
+                u = u_block(u, u_skips.pop())
+                ul = ul_block(ul, torch.cat([u, ul_skips.pop()], dim=1))
+        assert not u_skips and not ul_skips, "every down-pass activation is consumed once on the way up"
+        return self.output(F.elu(ul))
+
+    def log_prob(self, x_uint8: Tensor) -> Tensor:
+        """Log-likelihood in nats of each uint8 image [B,C,H,W]; returns [B]."""
+        if x_uint8.dtype != torch.uint8:
+            raise ValueError(f"log_prob expects uint8 images, got {x_uint8.dtype}")
+        x = lm.to_unit_range(x_uint8.to(self.device))
+        return lm.log_prob(x, self(x)).sum(dim=(1, 2))
+
+    def loss(self, x_uint8: Tensor) -> Tensor:
+        """Training objective: mean negative log-likelihood in bits per dimension."""
+        c, s = self.config.in_channels, self.config.image_size
+        return bits_per_dim(self.log_prob(x_uint8), c * s * s).mean()
+
+    def sample(
+        self, n: int, *, seed: int, batch_size: int = 64, sampler: str = "naive", progress: bool = False
+    ) -> Tensor:
+        """Draw ``n`` images as uint8 [n,C,H,W] on the CPU; image j depends only on (seed, j)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; known samplers: {sorted(SAMPLERS)}")
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
+        batches = []
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            mix_u, pix_u = draw_sampling_noise(count, self.config, seed, first_index=start)
+            batches.append(SAMPLERS[sampler](self, mix_u, pix_u, progress=progress).cpu())
+        return torch.cat(batches)
+
+    def _check_shape(self, x: Tensor) -> None:
+        c, s = self.config.in_channels, self.config.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"expected images of shape [B,{c},{s},{s}], got {tuple(x.shape)}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def draw_sampling_noise(
+    n: int, config: PixelCNNppConfig, seed: int, *, first_index: int = 0
+) -> tuple[Tensor, Tensor]:
+    """The uniform noise every sampler consumes, for images ``first_index .. first_index + n - 1``.
+
+    Image j draws from ``torch_generator(seed, j)`` first ``mix_u`` [H,W,K] (component choice), then
+    ``pix_u`` [H,W,C] (logistic draws). Returns CPU tensors ``mix_u`` [n,H,W,K] and ``pix_u`` [n,H,W,C].
+    """
+    s, k, c = config.image_size, config.nr_logistic_mix, config.in_channels
+    mix, pix = [], []
+    for j in range(first_index, first_index + n):
+        gen = torch_generator(seed, j)
+        mix.append(torch.rand(s, s, k, generator=gen))
+        pix.append(torch.rand(s, s, c, generator=gen))
+    return torch.stack(mix), torch.stack(pix)
+
+
+@contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Run with dropout and autograd off, then restore the model's previous train/eval mode.
+
+    Weight-normalised weights are computed once for the whole block instead of on every forward pass.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), parametrize.cached():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def check_noise(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor) -> None:
+    """Raise ValueError unless the noise has the shapes ``draw_sampling_noise`` gives for this model."""
+    cfg = model.config
+    s = cfg.image_size
+    if mix_u.dim() != 4 or pix_u.dim() != 4 or mix_u.shape[0] != pix_u.shape[0]:
+        raise ValueError(
+            f"mix_u and pix_u must be [B,H,W,K] and [B,H,W,C], got {tuple(mix_u.shape)}, {tuple(pix_u.shape)}"
+        )
+    expected_mix, expected_pix = (s, s, cfg.nr_logistic_mix), (s, s, cfg.in_channels)
+    if tuple(mix_u.shape[1:]) != expected_mix or tuple(pix_u.shape[1:]) != expected_pix:
+        raise ValueError(
+            f"noise shapes {tuple(mix_u.shape)}, {tuple(pix_u.shape)} do not fit the model "
+            f"(expected [B,{s},{s},{cfg.nr_logistic_mix}] and [B,{s},{s},{cfg.in_channels}])"
+        )
+
+
+def sample_naive(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor, *, progress: bool = False) -> Tensor:
+    """Reference sampler: one full forward pass per pixel position in raster order.
+
+    ``mix_u`` [B,H,W,K] and ``pix_u`` [B,H,W,C] come from ``draw_sampling_noise``; returns uint8
+    [B,C,H,W] on the model's device. Costs H*W full passes, which is what cached sampling avoids.
+    """
+    check_noise(model, mix_u, pix_u)
+    device = model.device
+    mix_u, pix_u = mix_u.to(device), pix_u.to(device)
+    batch, size, channels = mix_u.shape[0], model.config.image_size, model.config.in_channels
+    positions = [(i, j) for i in range(size) for j in range(size)]
+    with eval_no_grad(model):
+        canvas = torch.zeros(batch, channels, size, size, device=device)  # unfilled pixels have no influence
+        for i, j in tqdm(positions, disable=not progress, desc="naive sampling", unit="px"):
+            params = model(canvas)[:, :, i, j]  # [B,P]
+            pixel = lm.sample_pixels(params, mix_u[:, i, j], pix_u[:, i, j])  # uint8 [B,C]
+            canvas[:, :, i, j] = lm.to_unit_range(pixel)
+    return lm.to_uint8(canvas)
+
+
+# A sampler maps (model, mix_u, pix_u, *, progress) to uint8 images; all consume noise identically.
+Sampler = Callable[..., Tensor]
+SAMPLERS: dict[str, Sampler] = {"naive": sample_naive}

@@ -1,0 +1,118 @@
+"""Named configurations of the whole pipeline: ``tiny`` (tests), ``demo`` (the offline default on
+2 CPU cores) and ``paper`` (CIFAR-10 at the thesis's scale).
+
+A preset is a plain nested dict, one section per stage; each stage turns its section into the
+config dataclass that lives next to its code, which validates it. ``key.path=value`` overrides
+(values parsed as YAML scalars) adjust any field from the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from rgm_ray.data import DATASET_NAMES, DATASET_SHAPES
+from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
+from rgm_ray.models.training import TrainConfig
+from rgm_ray.models.vae import VAEConfig
+
+Preset = dict[str, Any]
+
+PRESETS: dict[str, Preset] = {
+    "tiny": {
+        "data": {"dataset": "fashion-mnist", "root": None},
+        "pixelcnn": {"nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 3, "dropout": 0.0},
+        "vae": {"latent_dim": 8, "base_channels": 8, "nr_mix": 1},
+        "train_pixelcnn": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-3, "eval_every": 6,
+                           "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
+        "train_vae": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-3, "eval_every": 6,
+                      "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
+    },
+    "demo": {
+        "data": {"dataset": "fashion-mnist", "root": None},
+        "pixelcnn": {"nr_resnet": 1, "nr_filters": 32, "nr_logistic_mix": 5, "dropout": 0.0},
+        "vae": {"latent_dim": 32, "base_channels": 32, "nr_mix": 1},
+        "train_pixelcnn": {"epochs": 1, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.9999,
+                           "eval_every": 500, "eval_images": 1000, "checkpoint_every": 250},
+        "train_vae": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000,
+                      "checkpoint_every": 500},
+    },
+    "paper": {
+        "data": {"dataset": "cifar10", "root": None},
+        "pixelcnn": {"nr_resnet": 5, "nr_filters": 160, "nr_logistic_mix": 10, "dropout": 0.5},
+        "vae": {"latent_dim": 180, "base_channels": 64, "nr_mix": 1},
+        "train_pixelcnn": {"epochs": 889, "batch_size": 64, "lr": 1e-3, "lr_decay": 0.999995,
+                           "eval_every": 5000, "eval_images": 10000, "checkpoint_every": 2000},
+        "train_vae": {"epochs": 500, "batch_size": 128, "lr": 1e-3, "eval_every": 2000,
+                      "eval_images": 10000, "checkpoint_every": 2000},
+    },
+}
+
+
+def _model_section(cls: type) -> Callable[[Preset, dict[str, Any]], Any]:
+    def build(preset: Preset, section: dict[str, Any]) -> Any:
+        channels, size, _ = DATASET_SHAPES[preset["data"]["dataset"]]
+        return cls.from_dict({"in_channels": channels, "image_size": size, **section})
+    return build
+
+
+def _data_section(preset: Preset, section: dict[str, Any]) -> dict[str, Any]:
+    if set(section) != {"dataset", "root"}:
+        raise ValueError(f"data section needs exactly 'dataset' and 'root', got {sorted(section)}")
+    if section["dataset"] not in DATASET_NAMES:
+        raise ValueError(f"data.dataset {section['dataset']!r} unknown; known: {DATASET_NAMES}")
+    return section
+
+
+# section name -> builder of its validated config object
+SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
+    "data": _data_section,
+    "pixelcnn": _model_section(PixelCNNppConfig),
+    "vae": _model_section(VAEConfig),
+    "train_pixelcnn": lambda _, section: TrainConfig.from_dict(section),
+    "train_vae": lambda _, section: TrainConfig.from_dict(section),
+}
+
+
+def apply_overrides(preset: Preset, overrides: Iterable[str]) -> Preset:
+    """Return a copy of ``preset`` with ``section.key=value`` overrides applied."""
+    result = copy.deepcopy(preset)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        if len(keys) != 2 or keys[0] not in result:
+            raise ValueError(f"override {item!r}: expected section.key with a section among {sorted(result)}")
+        result[keys[0]][keys[1]] = yaml.safe_load(raw)
+    return result
+
+
+def load_preset(name: str, overrides: Iterable[str] = ()) -> Preset:
+    """The named preset with overrides applied, validated section by section."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    preset = apply_overrides(PRESETS[name], overrides)
+    validate(preset)
+    return preset
+
+
+def section(preset: Preset, name: str) -> Any:
+    """The validated config object of one section."""
+    if name not in preset:
+        raise ValueError(f"preset has no section {name!r}")
+    return SECTIONS[name](preset, preset[name])
+
+
+def validate(preset: Preset) -> None:
+    """Build every section's config (raises ValueError naming the section and the problem)."""
+    unknown = sorted(set(preset) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown preset section(s) {unknown}; known: {sorted(SECTIONS)}")
+    for name in preset:
+        try:
+            section(preset, name)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"preset section {name!r}: {exc}") from exc
