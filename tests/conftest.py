@@ -6,9 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Tiny test models are dominated by thread hand-off costs; one intra-op thread is faster and steadier.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
