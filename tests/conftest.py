@@ -32,3 +32,15 @@ def tracking_uri(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray cluster per test module (start-up costs ~5 s; never one per test)."""
+    import ray
+
+    from rgm_ray.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

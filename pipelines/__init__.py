@@ -1,0 +1,1 @@
+"""Thin Ray-job entrypoints: ``ray job submit --working-dir . -- python -m pipelines.<name> ...``."""

@@ -1,0 +1,37 @@
+"""The Ray actor that holds one generator and draws shards on request.
+
+The model is loaded once per actor (in ``__init__``; a restarted actor reloads it). Actors return
+image arrays rather than writing files, so the driver alone writes the set: no shared filesystem is
+needed between the driver and the workers, and a retried shard can never race a stale writer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from rgm_ray.generate.plan import GenerationPlan
+from rgm_ray.generate.shards import draw
+from rgm_ray.models.checkpoint import load_checkpoint
+from rgm_ray.runtime import autodetect_device, set_torch_threads
+
+
+class ShardSampler:
+    """Plain class (testable without Ray); ``ray.remote`` wraps it in ``runner.py``."""
+
+    def __init__(self, checkpoint: str, threads: int | None, device: str | None = None) -> None:
+        set_torch_threads(threads)
+        self.device = autodetect_device(device)
+        self.model = load_checkpoint(checkpoint, device=self.device)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def draw_shard(self, plan: GenerationPlan, index: int, batch_size: int) -> tuple[int, np.ndarray, float]:
+        """(shard index, uint8 images, seconds spent sampling)."""
+        started = time.perf_counter()
+        images = draw(self.model, len(plan.shard_ids(index)), seed=plan.shard_seed(index),
+                      batch_size=batch_size, sampler=plan.sampler)
+        return index, images, time.perf_counter() - started
