@@ -1,0 +1,44 @@
+"""``rgm bench {sampler,generate,resample}``: speed measurements, printed as JSON.
+
+Speed targets live here, never in timed unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rgm_ray.presets import PRESETS
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
+    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{generate}")
+
+    gen = bench.add_parser("generate", help="sharded generation throughput with 1 and 2 Ray workers")
+    gen.add_argument("--preset", default="demo", choices=tuple(PRESETS))
+    gen.add_argument("--model", default="pixelcnnpp", choices=("pixelcnnpp", "vae"))
+    gen.add_argument("--sampler", default=None)
+    gen.add_argument("--num-samples", type=int, default=256)
+    gen.add_argument("--shard-size", type=int, default=32)
+    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts to compare (default 1,2)")
+    gen.set_defaults(handler=run_bench_generate, json=True)
+
+
+def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
+    from rgm_ray.bench.generate import bench_generate
+
+    return bench_generate(preset=args.preset, kind=args.model, sampler=args.sampler,
+                          num_samples=args.num_samples, shard_size=args.shard_size,
+                          batch_size=args.batch_size, worker_counts=tuple(args.workers))
