@@ -1,0 +1,1 @@
+"""Benchmarks behind `rgm bench`: speed targets are measured here, never in unit tests."""
