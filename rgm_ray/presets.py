@@ -14,9 +14,12 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from rgm_ray.data import DATASET_NAMES, DATASET_SHAPES
+from rgm_ray.generate import GenerateConfig
+from rgm_ray.models.domain import DomainConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
 from rgm_ray.models.training import TrainConfig
 from rgm_ray.models.vae import VAEConfig
+from rgm_ray.pipeline.config import PipelineConfig
 
 Preset = dict[str, Any]
 
@@ -29,15 +32,21 @@ PRESETS: dict[str, Preset] = {
                            "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
         "train_vae": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-3, "eval_every": 6,
                       "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
+        "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024},
+        "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
+        "pipeline": {"pretrained": None},
     },
     "demo": {
         "data": {"dataset": "fashion-mnist", "root": None},
         "pixelcnn": {"nr_resnet": 1, "nr_filters": 32, "nr_logistic_mix": 5, "dropout": 0.0},
-        "vae": {"latent_dim": 32, "base_channels": 32, "nr_mix": 1},
+        "vae": {"latent_dim": 16, "base_channels": 16, "nr_mix": 1},
         "train_pixelcnn": {"epochs": 1, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.9999,
                            "eval_every": 500, "eval_images": 1000, "checkpoint_every": 250},
         "train_vae": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000,
                       "checkpoint_every": 500},
+        "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
+        "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
+        "pipeline": {"pretrained": "demo"},
     },
     "paper": {
         "data": {"dataset": "cifar10", "root": None},
@@ -47,6 +56,9 @@ PRESETS: dict[str, Preset] = {
                            "eval_every": 5000, "eval_images": 10000, "checkpoint_every": 2000},
         "train_vae": {"epochs": 500, "batch_size": 128, "lr": 1e-3, "eval_every": 2000,
                       "eval_images": 10000, "checkpoint_every": 2000},
+        "domain": {"epochs": 30, "batch_size": 128},
+        "generate": {"num_samples": 150_000, "shard_size": 1000, "batch_size": 256},
+        "pipeline": {"pretrained": None},
     },
 }
 
@@ -73,6 +85,9 @@ SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "vae": _model_section(VAEConfig),
     "train_pixelcnn": lambda _, section: TrainConfig.from_dict(section),
     "train_vae": lambda _, section: TrainConfig.from_dict(section),
+    "domain": lambda _, section: DomainConfig.from_dict(section),
+    "generate": lambda _, section: GenerateConfig.from_dict(section),
+    "pipeline": lambda _, section: PipelineConfig.from_dict(section),
 }
 
 

@@ -51,6 +51,29 @@ class ClusterOptions:
             raise ValueError(f"bad resources: {self}")
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How many samples a pipeline draws per generator, and how they are sharded."""
+
+    num_samples: int = 10_000
+    shard_size: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    sampler_pixelcnnpp: str = "cached"
+    sampler_vae: str = "mean"
+
+    def __post_init__(self) -> None:
+        if min(self.num_samples, self.shard_size, self.batch_size) <= 0 or self.seed < 0:
+            raise ValueError(f"generate: sizes must be positive and seed non-negative, got {self}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GenerateConfig":
+        return cls(**d)
+
+    def sampler_for(self, kind: str) -> str:
+        return self.sampler_pixelcnnpp if kind == "pixelcnnpp" else self.sampler_vae
+
+
 def make_plan(checkpoint: str | Path, *, num_samples: int, shard_size: int, seed: int,
               sampler: str | None = None) -> GenerationPlan:
     kind = read_checkpoint_config(checkpoint)["kind"]

@@ -136,7 +136,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, seed: int, batch_size: int = 256, mode: str = "mean") -> Tensor:
-        """``n`` images as uint8 [n,C,H,W]; image ``j`` depends only on ``(seed, j)``, not on batching.
+        """``n`` images as CPU uint8 [n,C,H,W]; image ``j`` depends only on ``(seed, j)``, not on batching.
 
         ``mode="mean"`` decodes to the most likely pixel values (the smooth, blurry image VAE papers
         show); ``mode="sample"`` also draws the pixel noise of p(x|z).
@@ -167,7 +167,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x_uint8: Tensor) -> Tensor:
-        """Decode the posterior mean of each image to its most likely pixels: uint8 [B,C,H,W]."""
+        """Decode the posterior mean of each image to its most likely pixels: CPU uint8 [B,C,H,W]."""
         was_training = self.training
         self.eval()
         try:

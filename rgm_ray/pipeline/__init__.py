@@ -1,0 +1,1 @@
+"""The whole pipeline as one job: data -> models -> generate -> weigh -> resample -> evaluate -> ssl -> report."""

@@ -1,0 +1,27 @@
+"""What every pipeline stage needs: the preset, the run directory, tracking and cluster settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgm_ray.generate import ClusterOptions
+from rgm_ray.presets import Preset, section
+
+@dataclass
+class Context:
+    preset_name: str
+    preset: Preset
+    run_dir: Path
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    track: bool = True
+    retrain: bool = False
+    inception_weights: str | None = None  # local Inception-V3 weights file (paper preset)
+    outputs: dict[str, Any] = field(default_factory=dict)  # stage name -> its outputs
+
+    def config(self, name: str) -> Any:
+        return section(self.preset, name)
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)

@@ -1,0 +1,63 @@
+"""Run the pipeline's stages in order, each as a nested MLflow run under one parent run."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rgm_ray.pipeline.context import Context
+from rgm_ray.pipeline.stages_models import stage_data, stage_domain, stage_generate, stage_train
+from rgm_ray.store.atomic import atomic_write_json
+from rgm_ray.tracking import Tracker, start_run
+
+Stage = Callable[[Context, Tracker], dict[str, Any]]
+STATE_FILE = "pipeline.json"
+
+
+def stages_for(ctx: Context) -> list[tuple[str, Stage]]:
+    """The ordered stage list for this preset (one train/generate pair per generator)."""
+    generators = ctx.config("pipeline").generators
+    stages: list[tuple[str, Stage]] = [("data", stage_data), ("domain", stage_domain)]
+    stages += [(f"train_{g}", functools.partial(stage_train, name=g)) for g in generators]
+    stages += [(f"generate_{g}", functools.partial(stage_generate, name=g)) for g in generators]
+    return stages
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
+    """Run every stage (or those up to ``until``); returns per-stage outputs and timings."""
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    stages = stages_for(ctx)
+    names = [name for name, _ in stages]
+    if until is not None and until not in names:
+        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(names)}")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with start_run(f"pipeline-{ctx.preset_name}", enabled=ctx.track,
+                   params={"preset": ctx.preset_name, "run_dir": str(ctx.run_dir)}) as parent:
+        for i, (name, stage) in enumerate(stages, 1):
+            _say(f"[{i}/{len(stages)}] {name} ...")
+            t0 = time.perf_counter()
+            with start_run(name, enabled=ctx.track, nested=True) as tracker:
+                ctx.outputs[name] = stage(ctx, tracker)
+            timings[name] = time.perf_counter() - t0
+            _say(f"[{i}/{len(stages)}] {name} done in {timings[name]:.0f} s")
+            atomic_write_json(ctx.path(STATE_FILE), {"preset": ctx.preset_name, "outputs": ctx.outputs,
+                                                     "seconds": timings})
+            if name == until:
+                break
+        total = time.perf_counter() - started
+        parent.log_metrics({f"seconds_{k}": v for k, v in timings.items()} | {"seconds_total": total})
+    return {"run_dir": str(ctx.run_dir), "outputs": ctx.outputs, "seconds": timings, "seconds_total": total}
+
+
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    """The outputs and timings the last run recorded in ``run_dir``."""
+    return json.loads((Path(run_dir) / STATE_FILE).read_text())
