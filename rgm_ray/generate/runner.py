@@ -1,10 +1,11 @@
 """Sharded generation on Ray actors: deterministic, resumable and tolerant of dying workers.
 
 The driver owns the queue of missing shards and hands one shard at a time to each actor. A worker
-that dies (killed, OOM) loses only its in-flight shard: the driver puts it back on the queue, Ray
-restarts the actor (``max_restarts``) and the shard is drawn again -- with the same (seed, shard)
-noise, so the bytes are the same as if nothing had happened. The driver alone writes shards
-(atomically), then the manifest.
+that dies (killed, OOM) loses only its in-flight shard: Ray restarts the actor (``max_restarts``)
+and re-runs the call (``max_task_retries``; at-least-once is safe because the driver's shard writes
+are idempotent), drawing the shard again with the same (seed, shard) noise, so the bytes are the
+same as if nothing had happened. An actor that is gone for good has its shard put back on the
+queue for the others. The driver alone writes shards (atomically), then the manifest.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ KEY_SAMPLES_PER_SEC = "samples_per_sec"
 KEY_WALL_SECONDS = "wall_seconds"
 KEY_WORKER_SAMPLES_PER_SEC = "worker_{}_samples_per_sec"
 KEY_RETRIED_SHARDS = "retried_shards"
+KEY_WORKER_RESTARTS = "worker_restarts"
 MAX_RESTARTS = 3
 
 
@@ -123,7 +125,7 @@ def generate_sample_set(checkpoint: str | Path, out: str | Path, plan: Generatio
         manifest_path.unlink()  # the set is being changed: it is not finished until the new manifest
 
     stats = _run_workers(checkpoint, out, plan, options, pending, done, progress, on_shard_done) if pending else {
-        "per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, "workers": 0}
+        "per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, KEY_WORKER_RESTARTS: 0, "workers": 0}
     manifest = finish_sample_set(
         out, [done[i] for i in range(plan.num_shards)], shape=shape, source=plan.source,
         columns=[f.name for f in BASE_FIELDS], prov=provenance(command, plan.seed),
@@ -131,7 +133,7 @@ def generate_sample_set(checkpoint: str | Path, out: str | Path, plan: Generatio
     generated = sum(len(plan.shard_ids(i)) for i in pending)
     wall = stats[KEY_WALL_SECONDS]
     metrics = {KEY_SAMPLES_PER_SEC: generated / wall if wall > 0 else 0.0, KEY_WALL_SECONDS: wall,
-               KEY_RETRIED_SHARDS: stats[KEY_RETRIED_SHARDS],
+               KEY_RETRIED_SHARDS: stats[KEY_RETRIED_SHARDS], KEY_WORKER_RESTARTS: stats[KEY_WORKER_RESTARTS],
                **{KEY_WORKER_SAMPLES_PER_SEC.format(w): v for w, v in stats["per_worker"].items()}}
     tracker.log_metrics(metrics)
     tracker.log_dict(manifest.to_json(), MANIFEST_NAME)
@@ -159,13 +161,13 @@ def _manifest_matches(out: Path, done: dict[int, ShardInfo]) -> bool:
 def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOptions, pending: list[int],
                  done: dict[int, ShardInfo], progress, on_shard_done) -> dict[str, Any]:
     import ray
-    from ray.exceptions import ActorDiedError, RayActorError
+    from ray.exceptions import RayActorError
 
     init_ray(options.address)
     n_workers = options.workers or _default_workers(options, len(pending))
     remote_cls = ray.remote(ShardSampler).options(
         num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
-        max_restarts=MAX_RESTARTS, max_task_retries=0)
+        max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
     threads = max(1, int(options.cpus_per_worker))
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
     actors = [remote_cls.remote(str(checkpoint), threads, device) for _ in range(n_workers)]
@@ -175,7 +177,7 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOp
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (worker, shard)
     busy_seconds = collections.Counter()
     samples_by_worker = collections.Counter()
-    retried, max_failures = 0, MAX_RESTARTS * n_workers + len(pending)
+    retried = restarts = 0
     bar = progress(total=plan.num_samples, initial=plan.num_samples - sum(len(plan.shard_ids(i)) for i in pending),
                    desc=f"generate {plan.kind}", unit="img") if progress else None
     started = time.perf_counter()
@@ -187,17 +189,16 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOp
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             worker, shard = inflight.pop(ref)
             try:
-                index, images, seconds = ray.get(ref)
-            except RayActorError as exc:
+                index, images, seconds, pid = ray.get(ref)
+            except RayActorError as exc:  # restarts and task retries exhausted: the actor is gone
                 retried += 1
-                if retried > max_failures:
-                    raise RuntimeError(f"generation failed: workers died {retried} times") from exc
-                queue.appendleft(shard)  # lost in flight: draw it again
-                if not isinstance(exc, ActorDiedError):
-                    idle.append(worker)  # restarting: Ray re-runs __init__ and it serves again
-                elif not idle and not inflight:
+                queue.appendleft(shard)  # lost in flight: another worker draws it
+                if not idle and not inflight:
                     raise RuntimeError("every generation worker died permanently") from exc
                 continue
+            if pid != pids[worker]:  # the actor died and Ray restarted it; the call was re-run
+                restarts += 1
+                pids[worker] = pid
             done[index] = write_generated_shard(out, index, shard_table(plan, index, images))
             busy_seconds[worker] += seconds
             samples_by_worker[worker] += len(images)
@@ -212,5 +213,6 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOp
             bar.close()
         for actor in actors:
             ray.kill(actor)
-    return {"workers": n_workers, "pids": pids, KEY_WALL_SECONDS: time.perf_counter() - started, KEY_RETRIED_SHARDS: retried,
+    return {"workers": n_workers, "pids": pids, KEY_WALL_SECONDS: time.perf_counter() - started,
+            KEY_RETRIED_SHARDS: retried, KEY_WORKER_RESTARTS: restarts,
             "per_worker": {w: samples_by_worker[w] / busy_seconds[w] for w in busy_seconds if busy_seconds[w] > 0}}

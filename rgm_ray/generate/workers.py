@@ -29,9 +29,9 @@ class ShardSampler:
     def pid(self) -> int:
         return os.getpid()
 
-    def draw_shard(self, plan: GenerationPlan, index: int, batch_size: int) -> tuple[int, np.ndarray, float]:
-        """(shard index, uint8 images, seconds spent sampling)."""
+    def draw_shard(self, plan: GenerationPlan, index: int, batch_size: int) -> tuple[int, np.ndarray, float, int]:
+        """(shard index, uint8 images, seconds spent sampling, worker pid)."""
         started = time.perf_counter()
         images = draw(self.model, len(plan.shard_ids(index)), seed=plan.shard_seed(index),
                       batch_size=batch_size, sampler=plan.sampler)
-        return index, images, time.perf_counter() - started
+        return index, images, time.perf_counter() - started, os.getpid()

@@ -1,0 +1,43 @@
+"""Turn ``--real`` and ``--set`` arguments into in-memory :class:`EvalSet` s (via the sample store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rgm_ray.data import DATASET_NAMES, load_dataset
+from rgm_ray.evaluate.protocol import REFERENCE, EvalSet
+from rgm_ray.store import COPIES, IMAGE, LOG_WEIGHT, SampleSet, dataset_source
+
+
+def parse_set_argument(text: str) -> tuple[str, Path]:
+    """``"NAME=DIR"`` -> ``(NAME, Path(DIR))``."""
+    name, sep, directory = text.partition("=")
+    if not sep or not name or not directory:
+        raise ValueError(f"--set {text!r}: expected NAME=DIR, e.g. --set plain=runs/vae/samples")
+    return name, Path(directory)
+
+
+def load_sample_set(name: str, directory: str | Path) -> EvalSet:
+    """Images plus the optional ``log_weight`` and ``copies`` columns of the sample set at ``directory``."""
+    sample_set = SampleSet(directory)
+    columns = [IMAGE] + [c for c in (LOG_WEIGHT, COPIES) if c in sample_set.columns]
+    data = sample_set.read(columns)
+    return EvalSet(name, data[IMAGE], source=f"{sample_set.source} ({directory})",
+                   log_weight=data.get(LOG_WEIGHT), copies=data.get(COPIES))
+
+
+def load_real(spec: str, root: str | Path | None = None) -> tuple[EvalSet, EvalSet | None]:
+    """``(real, reference)`` for ``--real``.
+
+    A dataset name gives its test split as the real set and its train split as the held-out
+    reference; a sample-set directory gives the real set alone (the protocol then takes the
+    reference from a disjoint subset of it). A dataset name wins over a directory of that name.
+    """
+    if spec in DATASET_NAMES:
+        test, train = load_dataset(spec, "test", root), load_dataset(spec, "train", root)
+        return (EvalSet("real", test.images, source=dataset_source(test)),
+                EvalSet(REFERENCE, train.images, source=dataset_source(train)))
+    if Path(spec).is_dir():
+        return load_sample_set("real", spec), None
+    raise ValueError(f"--real {spec!r}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor a "
+                     "sample-set directory")
