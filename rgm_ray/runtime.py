@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 QUIET_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -19,8 +21,10 @@ QUIET_RAY_ENV = {
 }
 
 
-def autodetect_device(prefer: str | None = None) -> torch.device:
+def autodetect_device(prefer: str | None = None) -> "torch.device":
     """``prefer`` ("cpu", "cuda", "cuda:1") if given, else CUDA when available, else CPU."""
+    import torch
+
     if prefer:
         if prefer.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} requested but CUDA is not available on this machine")
@@ -31,6 +35,8 @@ def autodetect_device(prefer: str | None = None) -> torch.device:
 def set_torch_threads(num_threads: int | None) -> None:
     """Pin intra-op threads (one per Ray worker CPU keeps workers from oversubscribing cores)."""
     if num_threads is not None and num_threads > 0:
+        import torch
+
         torch.set_num_threads(num_threads)
 
 

@@ -7,8 +7,12 @@ worker, batch or run produces it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch costs ~600 MB per process; numpy-only stages (resample) never load it
+    import torch
 
 _MASK64 = (1 << 64) - 1
 
@@ -21,11 +25,13 @@ def derive_seed(seed: int, *path: int) -> int:
     return (int(state[0]) << 32 | int(state[1])) & _MASK64
 
 
-def torch_generator(seed: int, *path: int) -> torch.Generator:
+def torch_generator(seed: int, *path: int) -> "torch.Generator":
     """A CPU ``torch.Generator`` for ``(seed, *path)``.
 
     Noise is always drawn on the CPU and then moved, so samples do not depend on the device.
     """
+    import torch
+
     gen = torch.Generator(device="cpu")
     gen.manual_seed(derive_seed(seed, *path))
     return gen

@@ -23,7 +23,7 @@ def _ints(text: str) -> list[int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
-    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{generate}")
+    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{generate,resample}")
 
     gen = bench.add_parser("generate", help="sharded generation throughput with 1 and 2 Ray workers")
     gen.add_argument("--preset", default="demo", choices=tuple(PRESETS))
@@ -35,6 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts to compare (default 1,2)")
     gen.set_defaults(handler=run_bench_generate, json=True)
 
+    res = bench.add_parser("resample", help="gumbel_top_k vs NumPy choice; sharded on-disk selection")
+    res.add_argument("--n", type=int, default=10_000_000, help="in-process log-weights")
+    res.add_argument("--k", type=int, default=1_000_000)
+    res.add_argument("--shards", type=int, default=1000, help="on-disk shards")
+    res.add_argument("--n-disk", type=int, default=100_000_000, help="on-disk log-weights (0 skips)")
+    res.add_argument("--seed", type=int, default=0)
+    res.add_argument("--workdir", default=None, help="keep/reuse the on-disk data here")
+    res.set_defaults(handler=run_bench_resample, json=True)
+
 
 def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.generate import bench_generate
@@ -42,3 +51,10 @@ def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     return bench_generate(preset=args.preset, kind=args.model, sampler=args.sampler,
                           num_samples=args.num_samples, shard_size=args.shard_size,
                           batch_size=args.batch_size, worker_counts=tuple(args.workers))
+
+
+def run_bench_resample(args: argparse.Namespace) -> dict[str, Any]:
+    from rgm_ray.bench.resample import bench_resample
+
+    return bench_resample(args.n, args.k, shards=args.shards, n_disk=args.n_disk, seed=args.seed,
+                          workdir=args.workdir)

@@ -11,3 +11,8 @@ from rgm_ray.resample.multinomial import (multinomial_resample, multinomial_with
 
 __all__ = ["gumbel_keys", "gumbel_top_k", "merge_top_k", "multinomial_resample", "multinomial_within_shard",
            "shard_top_k", "split_counts_across_shards"]
+
+# The stage on Ray (sharded selection, output set, summary).
+from rgm_ray.resample.stage import ResampleConfig, resample_sample_set, select  # noqa: E402
+
+__all__ += ["ResampleConfig", "resample_sample_set", "select"]
