@@ -108,14 +108,19 @@ class NullTracker(Tracker):
 def start_run(run_name: str, *, enabled: bool = True, experiment: str | None = None,
               params: Mapping[str, Any] | None = None, nested: bool = False,
               tracking_uri: str | None = None) -> Iterator[Tracker]:
-    """Open an MLflow run (nested under the active one when ``nested``) and yield its tracker."""
+    """Open an MLflow run and yield its tracker.
+
+    The run nests under an already active run (``nested`` forces that intent), so a command invoked
+    by the pipeline becomes a child of the pipeline's stage run instead of failing.
+    """
     if not enabled:
         yield NullTracker()
         return
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # DB-migration chatter drowns the summary
-    if not nested or mlflow.active_run() is None:
+    nested = nested or mlflow.active_run() is not None
+    if not nested:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
         mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     with mlflow.start_run(run_name=run_name, nested=nested) as run:

@@ -85,15 +85,16 @@ def section_evaluation(outputs: dict[str, Any]) -> Section:
 SECTIONS = (section_models, section_evaluation)
 
 
-def build_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``run_dir`` from its ``pipeline.json``."""
+def build_report(run_dir: str | Path, *, outputs: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir`` from its ``pipeline.json``
+    (or from ``outputs`` when the pipeline passes its in-memory state)."""
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     if not state_path.is_file():
         raise FileNotFoundError(f"{state_path}: missing; {run_dir} is not a pipeline run directory "
                                 "('rgm pipeline' / 'rgm demo' write it)")
     state = json.loads(state_path.read_text())
-    outputs = state["outputs"]
+    outputs = outputs if outputs is not None else state["outputs"]
     sections = [build(outputs) for build in SECTIONS]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in state.get("seconds", {}).items())
     sections.insert(0, Section("Run", [f"Preset '{state['preset']}', run directory {run_dir}.",

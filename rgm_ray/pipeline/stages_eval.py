@@ -1,0 +1,52 @@
+"""Pipeline stages after weighting: resample, evaluate, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rgm_ray.pipeline.context import Context
+from rgm_ray.pipeline.invoke import run_command
+from rgm_ray.report.build import build_report
+from rgm_ray.resample import resample_sample_set
+from rgm_ray.store import ManifestError, SampleSet
+from rgm_ray.tracking import Tracker
+
+
+def stage_resample(ctx: Context, tracker: Tracker, name: str) -> dict[str, Any]:
+    out = ctx.path("resampled", name)
+    try:
+        info = SampleSet(out).manifest.info["resample"]  # finished earlier: keep it
+    except (ManifestError, FileNotFoundError, KeyError):
+        info = resample_sample_set(ctx.outputs[f"weigh_{name}"]["weighted"], out, ctx.config("resample"),
+                                   address=ctx.cluster.address, overwrite=out.exists(), tracker=tracker)
+    return {"resampled": str(out), **{k: v for k, v in info.items() if k != "message"}}
+
+
+def stage_evaluate(ctx: Context, tracker: Tracker, generators: tuple[str, ...]) -> dict[str, Any]:
+    out = ctx.path("evaluate")
+    if (out / "metrics.json").is_file():
+        return {"out": str(out)}
+    config = ctx.config("evaluate")
+    data = ctx.config("data")
+    argv = ["evaluate", "--real", data["dataset"], "--k", str(config.k), "--runs", str(config.runs),
+            "--seed", str(config.seed), "--kid-subsets", str(config.kid_subsets), "--out", str(out)]
+    if data["root"]:
+        argv += ["--root", str(data["root"])]
+    if ctx.inception_weights:
+        argv += ["--features", "inception", "--inception-weights", ctx.inception_weights]
+    else:
+        argv += ["--features", "domain", "--domain-checkpoint", ctx.outputs["domain"]["checkpoint"]]
+    if config.uniform_k:
+        argv.append("--uniform-k")
+    for g in generators:
+        argv += ["--set", f"{g}_plain={ctx.outputs[f'generate_{g}']['samples']}",
+                 "--set", f"{g}_resampled={ctx.outputs[f'resample_{g}']['resampled']}"]
+    summary = run_command(ctx, argv)
+    return {"out": str(out), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}
+
+
+def stage_report(ctx: Context, tracker: Tracker) -> dict[str, Any]:
+    md, page = build_report(ctx.run_dir, outputs=ctx.outputs)
+    tracker.log_artifact(md)
+    tracker.log_artifact(page)
+    return {"markdown": str(md), "html": str(page)}
