@@ -20,7 +20,7 @@ from rgm_ray.models.domain import DomainConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
 from rgm_ray.models.training import TrainConfig
 from rgm_ray.models.vae import VAEConfig
-from rgm_ray.pipeline.config import PipelineConfig
+from rgm_ray.pipeline.config import PipelineConfig, WeighSettings
 from rgm_ray.resample.stage import ResampleConfig
 
 Preset = dict[str, Any]
@@ -37,6 +37,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024},
         "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
         "pipeline": {"pretrained": None},
+        "weigh": {"epochs": 3, "lr": 1e-2},
         "resample": {"k": 64, "target_ess": 64},
         "evaluate": {"k": 64, "runs": 2, "uniform_k": True, "kid_subsets": 10},
     },
@@ -51,6 +52,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
         "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
         "pipeline": {"pretrained": "demo"},
+        "weigh": {"epochs": 20, "lr": 1e-2},
         "resample": {"k": 1000, "alpha": 1.0},
         "evaluate": {"k": 1000, "runs": 3, "uniform_k": True, "kid_subsets": 50},
     },
@@ -65,6 +67,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 30, "batch_size": 128},
         "generate": {"num_samples": 150_000, "shard_size": 1000, "batch_size": 256},
         "pipeline": {"pretrained": None},
+        "weigh": {"epochs": 20, "lr": 1e-3},
         "resample": {"k": 10_000, "alpha": 1.0},
         "evaluate": {"k": 10_000, "runs": 3, "uniform_k": True},
     },
@@ -96,6 +99,7 @@ SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "domain": lambda _, section: DomainConfig.from_dict(section),
     "generate": lambda _, section: GenerateConfig.from_dict(section),
     "pipeline": lambda _, section: PipelineConfig.from_dict(section),
+    "weigh": lambda _, section: WeighSettings.from_dict(section),
     "resample": lambda _, section: ResampleConfig(**section),
     "evaluate": lambda _, section: EvalConfig(**section),
 }

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "tune", help="sweep SL weight x labels x unlabelled source x seeds with Ray Tune (one MLflow run per trial)",
         description="Runs every cell of the config's grid as a Ray Tune trial, then writes summary.md / "
-                    "summary.csv (mean ± std and 95 %% t-intervals across seeds; selection on validation only).")
+                    "summary.csv (mean ± std and 95 % t-intervals across seeds; selection on validation only).")
     parser.add_argument("--config", required=True, help="sweep YAML, e.g. tune_configs/ssl_smoke.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (YAML), e.g. --set sources.plain=DIR --set grid.seed=[0,1] "

@@ -48,8 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_cluster_args(parser, batch_size=256)
     parser.set_defaults(cpus_per_worker=0.5)  # Ray Data actors must leave CPUs for the read tasks
     parser.add_argument("--blocks", type=int, default=None,
-                        help="repartition into this many blocks before scoring (spreads a small set over workers)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT/weighted (and retrain OUT/domain)")
+                        help="blocks to repartition into before scoring (default: 4 per worker; 0: keep Ray "
+                        "Data's read blocks, for pools much larger than the object store)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/weighted")
     add_common(parser)
     parser.set_defaults(handler=run_weigh)
 

@@ -1,10 +1,13 @@
-"""The ``pipeline`` section of a preset (kept apart from the orchestrator so presets can import it)."""
+"""Pipeline-level sections of a preset (kept apart from the orchestrator so presets can import them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from rgm_ray.weigh.classifier import HeadConfig
+from rgm_ray.weigh.stage import WeighConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -29,4 +32,28 @@ class PipelineConfig:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown pipeline key(s) {unknown}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class WeighSettings:
+    """The ``weigh`` section of a preset: the command-line settings the pipeline passes on."""
+
+    backbone: str = "domain"
+    folds: int = 2
+    calibration: str = "temperature"
+    epochs: int = 20
+    lr: float = 1e-3
+    max_per_class: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:  # validate through the stage's own config classes
+        WeighConfig(backbone=self.backbone, folds=self.folds, calibration=self.calibration,
+                    max_per_class=self.max_per_class, seed=self.seed, head=HeadConfig(epochs=self.epochs, lr=self.lr))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WeighSettings":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown weigh key(s) {unknown}")
         return cls(**d)

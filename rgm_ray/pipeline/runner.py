@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rgm_ray.pipeline.context import Context
+from rgm_ray.pipeline.stages_eval import stage_evaluate, stage_report, stage_resample
 from rgm_ray.pipeline.stages_models import stage_data, stage_domain, stage_generate, stage_train
+from rgm_ray.pipeline.stages_weigh import stage_weigh
 from rgm_ray.store.atomic import atomic_write_json
 from rgm_ray.tracking import Tracker, start_run
 
@@ -24,6 +26,10 @@ def stages_for(ctx: Context) -> list[tuple[str, Stage]]:
     stages: list[tuple[str, Stage]] = [("data", stage_data), ("domain", stage_domain)]
     stages += [(f"train_{g}", functools.partial(stage_train, name=g)) for g in generators]
     stages += [(f"generate_{g}", functools.partial(stage_generate, name=g)) for g in generators]
+    stages += [(f"weigh_{g}", functools.partial(stage_weigh, name=g)) for g in generators]
+    stages += [(f"resample_{g}", functools.partial(stage_resample, name=g)) for g in generators]
+    stages.append(("evaluate", functools.partial(stage_evaluate, generators=generators)))
+    stages.append(("report", stage_report))
     return stages
 
 

@@ -1,0 +1,273 @@
+"""The weigh stage end to end: pools -> backbone -> cross-fitted, calibrated heads -> Ray Data scoring -> set.
+
+Layout of ``OUT``::
+
+    domain/         domain ResNet trained here (``--backbone domain`` without ``--domain-checkpoint``);
+                    reused by later runs on the same dataset
+    noise/          the noise baseline's images (``--baseline noise``)
+    features/       cached backbone features, ``<role>-<key>.npy``
+    classifier/     the fitted weigher (weigher.json, heads.pt, crossfit.npz)
+    weighted/       the generated samples' rows + float32 ``log_weight`` (the stage's output set)
+    calibration.json  weights_summary.json  reliability.png  log_weight_hist.png  ess_vs_alpha.png
+
+Fitting (backbone features, head training, temperature fits) runs on the driver's device; the
+scoring pass over the whole pool runs on Ray Data (``scoring.py``). ``OUT`` must therefore be on
+storage every Ray worker can read (the scorers load ``classifier/`` from there).
+
+Leakage of the domain backbone: it is trained on labelled real images, and a classifier could learn
+"seen by the backbone" instead of "real". When the real pool is the backbone's own training split,
+the rows it was trained on (``train_images`` of its config) are removed from the real pool; if the
+backbone saw the whole split that is impossible and the report says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rgm_ray.data import load_dataset
+from rgm_ray.models.checkpoint import read_checkpoint_config
+from rgm_ray.models.domain import DomainConfig, train_domain_classifier
+from rgm_ray.runtime import autodetect_device
+from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, ArtefactExistsError, SampleSet, SampleSetWriter,
+                           decode_images, make_table, provenance)
+from rgm_ray.tracking import NullTracker, Tracker
+from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
+from rgm_ray.weigh.calibration import DEFAULT_BINS, KEY_ACCURACY, KEY_ECE, fit_temperature
+from rgm_ray.weigh.classifier import HeadConfig, build_head, train_head
+from rgm_ray.weigh.crossfit import CrossFitPlan, plan_crossfit
+from rgm_ray.weigh.diagnostics import (AFTER, BEFORE, HeldOut, calibration_metrics_to_log, calibration_report,
+                                       write_calibration, write_weight_diagnostics)
+from rgm_ray.weigh.features import DEFAULT_CHUNK, cached_features, extract_features, feature_cache_key
+from rgm_ray.weigh.inputs import ImagePool, check_compatible, open_real, sample_set_pool, write_noise_set
+from rgm_ray.weigh.scoring import Scores, ScoringOptions, score_sample_set
+from rgm_ray.weigh.transforms import KEY_ESS, KEY_ESS_FRAC, KEY_MAX_SHARE
+from rgm_ray.weigh.weigher import WeigherConfig, apply_temperature, head_logits, save_weigher
+
+DOMAIN_DIR, NOISE_DIR, FEATURES_DIR = "domain", "noise", "features"
+CLASSIFIER_DIR, WEIGHTED_DIR = "classifier", "weighted"
+CALIBRATIONS = ("temperature", "none")
+BASELINES = ("noise",)
+# Quick domain backbone for runs that do not bring one (~1 min on 2 CPU cores); its rows leave the real pool.
+QUICK_DOMAIN = DomainConfig(epochs=1, batch_size=128, train_images=6400)
+KEY_SCORING_SECONDS = "scoring_seconds"
+KEY_SCORING_DIFF = "scoring_max_abs_diff"
+
+
+@dataclass(frozen=True)
+class WeighConfig:
+    """Everything that changes the weights (cluster settings live in ``ScoringOptions``)."""
+
+    backbone: str = "domain"
+    domain_checkpoint: str | None = None
+    inception_weights: str | None = None
+    folds: int = 2
+    calibration: str = "temperature"
+    calibration_fraction: float = 0.2
+    max_per_class: int | None = None  # cap on fitting data per class (None: the smaller pool)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    domain: DomainConfig = QUICK_DOMAIN  # used only when the stage trains the domain backbone itself
+    seed: int = 0
+    bins: int = DEFAULT_BINS
+    chunk: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.backbone != "domain" and self.domain_checkpoint is not None:
+            raise ValueError(f"--domain-checkpoint only applies to --backbone domain, not {self.backbone!r}")
+        if self.backbone != "inception" and self.inception_weights is not None:
+            raise ValueError(f"--inception-weights only applies to --backbone inception, not {self.backbone!r}")
+
+
+@dataclass(frozen=True)
+class WeighOutcome:
+    summary: dict[str, Any]  # JSON-able: what the CLI prints and the tracker gets
+    scores: Scores  # every generated sample's log-weight and the fold model that produced it
+    plan: CrossFitPlan
+
+
+def _own_domain_matches(path: Path, dataset: str, config: DomainConfig) -> bool:
+    """True when ``path`` holds a domain backbone this stage trained on ``dataset`` with ``config``."""
+    if not (path / "config.json").is_file():
+        return False
+    record = read_checkpoint_config(path)
+    return record.get("dataset") == dataset and record.get("domain_config") == asdict(config)
+
+
+def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, device, tracker: Tracker,
+                      progress) -> tuple[BackboneSpec, ImagePool, list[str]]:
+    """The backbone spec, the real pool without the backbone's training rows, and notes for the report."""
+    if config.backbone == "inception":
+        return BackboneSpec("inception", config.inception_weights), real, []
+    if config.backbone == "cnn":
+        return BackboneSpec("cnn"), real, []
+    notes: list[str] = []
+    path = Path(config.domain_checkpoint) if config.domain_checkpoint else out / DOMAIN_DIR
+    if config.domain_checkpoint is None:
+        if real.dataset is None or real.dataset[1] != "train":
+            raise ValueError(f"--backbone domain needs --domain-checkpoint DIR when {real.name} is not a dataset's "
+                             "train split (the stage trains the domain network on labelled real data)")
+        name = real.dataset[0]
+        if _own_domain_matches(path, name, config.domain):
+            notes.append(f"reused the domain backbone in {path}")
+        else:
+            train_domain_classifier(load_dataset(name, "train", root), load_dataset(name, "test", root),
+                                    config.domain, path, tracker=tracker, device=device, progress=progress)
+            notes.append(f"trained the domain backbone into {path} ({asdict(config.domain)})")
+    record = read_checkpoint_config(path)
+    trained_on = record.get("dataset")
+    train_images = (record.get("domain_config") or {}).get("train_images")
+    if real.dataset is not None and real.dataset == (trained_on, "train"):
+        if train_images is None:
+            notes.append(f"the domain backbone saw every image of {real.name}: real features may look 'familiar' "
+                         "to the classifier; prefer a backbone trained on a subset")
+        else:
+            real = real.without(np.arange(int(train_images)), f"the {train_images} images the domain backbone "
+                                                             "was trained on")
+            notes.append(f"excluded the {train_images} real images the domain backbone was trained on")
+    return BackboneSpec("domain", str(path)), real, notes
+
+
+def _pool_features(pool: ImagePool, ids: np.ndarray, role: str, spec: BackboneSpec, backbone, *, cache_dir: Path,
+                   chunk: int, device, progress) -> tuple[torch.Tensor, bool]:
+    def compute() -> np.ndarray:
+        return extract_features(backbone, pool.fetch(ids), chunk=chunk, device=device, progress=progress,
+                                desc=f"{role} features")
+
+    if not spec.frozen_features:
+        return torch.from_numpy(pool.fetch(ids)), False  # cnn: the "features" are the pixels
+    key = feature_cache_key(spec.digest(), pool.identity, str(chunk), np.ascontiguousarray(ids).tobytes())
+    features, hit = cached_features(cache_dir, role, key, compute)
+    return torch.from_numpy(features), hit
+
+
+def _rows(all_ids: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.searchsorted(all_ids, ids))
+
+
+def _fit_folds(plan: CrossFitPlan, real_x: torch.Tensor, gen_x: torch.Tensor, spec: BackboneSpec,
+               config: WeighConfig, *, device, progress) -> tuple[list[torch.nn.Module], list[HeldOut]]:
+    """Train, calibrate and test one head per fold on the cached features."""
+    heads, held_out = [], []
+
+    def part(real_ids: np.ndarray, gen_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([real_x[_rows(plan.real_ids, real_ids)], gen_x[_rows(plan.gen_ids, gen_ids)]])
+        y = torch.cat([torch.ones(real_ids.size), torch.zeros(gen_ids.size)])
+        return x, y
+
+    for split in plan.folds:
+        train, calib = part(split.train_real, split.train_gen), part(split.calib_real, split.calib_gen)
+        head = build_head(spec.kind, tuple(real_x.shape[1:]), config.head)
+        fit = train_head(head, train, calib, config.head, seed=config.seed, fold=split.fold, device=device,
+                         progress=progress)
+        temperature = 1.0
+        if config.calibration == "temperature":
+            calib_logits = head_logits(head, calib[0], chunk=config.chunk, device=device)
+            temperature = fit_temperature(calib_logits, calib[1].numpy() > 0.5)
+        test_x, test_y = part(split.test_real, split.test_gen)
+        held_out.append(HeldOut(split.fold, head_logits(head, test_x, chunk=config.chunk, device=device),
+                                test_y.numpy() > 0.5, temperature, fit.best_epoch, split.sizes()))
+        heads.append(head)
+    return heads, held_out
+
+
+def _scoring_consistency(scores: Scores, plan: CrossFitPlan, held_out: list[HeldOut]) -> float:
+    """Largest |scored log-weight − driver's out-of-fold calibrated logit| on generated test rows (0 expected)."""
+    worst = 0.0
+    for split, h in zip(plan.folds, held_out):
+        n_real = split.test_real.size
+        expected = apply_temperature(h.logits[n_real:], h.temperature)
+        rows = np.searchsorted(scores.sample_ids, split.test_gen)
+        worst = max(worst, float(np.max(np.abs(scores.log_weights[rows].astype(np.float64) - expected))))
+    return worst
+
+
+def _write_weighted(samples: SampleSet, scores: Scores, out: Path, *, overwrite: bool, info: dict[str, Any],
+                    command: str | None, seed: int) -> None:
+    """The input rows, shard for shard, plus ``log_weight`` looked up by ``sample_id``."""
+    with SampleSetWriter(out, source=samples.source, overwrite=overwrite, prov=provenance(command, seed),
+                         info=info) as writer:
+        for table in samples.iter_tables([SAMPLE_ID, IMAGE, LABEL]):
+            ids = table.column(SAMPLE_ID).to_numpy()
+            log_weights = scores.log_weights[np.searchsorted(scores.sample_ids, ids)]
+            writer.write(make_table(ids, decode_images(table.column(IMAGE), samples.shape),
+                                    table.column(LABEL).to_numpy(), source=samples.source,
+                                    extra={LOG_WEIGHT: log_weights}))
+
+
+def weigh(real: str, samples: str | None, out: str | Path, config: WeighConfig = WeighConfig(),
+          scoring: ScoringOptions = ScoringOptions(), *, baseline: str | None = None, num_noise: int = 10000,
+          root: str | Path | None = None, overwrite: bool = False, tracker: Tracker | None = None,
+          progress: Callable[..., Any] | None = None, device: str | None = None,
+          command: str | None = None) -> WeighOutcome:
+    """Weigh ``samples`` (or the noise baseline) against ``real`` into ``out`` (layout in the module doc)."""
+    tracker = tracker or NullTracker()
+    out = Path(out)
+    started = time.perf_counter()
+    if (samples is None) == (baseline is None):
+        raise ValueError("give exactly one of --samples DIR and --baseline noise")
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
+    if (out / WEIGHTED_DIR).exists() and not overwrite:
+        raise ArtefactExistsError(f"{out / WEIGHTED_DIR} already exists; pass --overwrite to replace it")
+    torch_device = autodetect_device(device)
+
+    real_pool = open_real(real, root)
+    sample_set = (write_noise_set(out / NOISE_DIR, real_pool.shape, num_noise, config.seed) if baseline
+                  else SampleSet(samples))
+    gen_pool = sample_set_pool(sample_set, "--baseline noise" if baseline else f"--samples {samples}")
+    check_compatible(real_pool, gen_pool)
+    spec, real_pool, notes = _resolve_backbone(config, real_pool, out, root=root, device=torch_device,
+                                               tracker=tracker, progress=progress)
+    plan = plan_crossfit(real_pool.ids, gen_pool.ids, folds=config.folds, seed=config.seed,
+                         calibration_fraction=config.calibration_fraction, max_per_class=config.max_per_class,
+                         real_name=real_pool.name, gen_name=gen_pool.name)
+
+    backbone = build_backbone(spec, torch_device)
+    feature_args = dict(spec=spec, backbone=backbone, cache_dir=out / FEATURES_DIR, chunk=config.chunk,
+                        device=torch_device, progress=progress)
+    real_x, real_hit = _pool_features(real_pool, plan.real_ids, "real", **feature_args)
+    gen_x, gen_hit = _pool_features(gen_pool, plan.gen_ids, "generated", **feature_args)
+    heads, held_out = _fit_folds(plan, real_x, gen_x, spec, config, device=torch_device, progress=progress)
+    weigher = WeigherConfig(spec, config.head, real_pool.shape, tuple(real_x.shape[1:]), config.seed,
+                            tuple(h.temperature for h in held_out), config.chunk)
+    save_weigher(out / CLASSIFIER_DIR, weigher, heads, plan)
+
+    scores = score_sample_set(sample_set, str(out / CLASSIFIER_DIR), scoring, progress=progress)
+    report = calibration_report(held_out, method=config.calibration, bins=config.bins)
+    report.update(crossfit=plan.describe(), backbone=spec.to_dict(), notes=notes,
+                  **{KEY_SCORING_DIFF: _scoring_consistency(scores, plan, held_out)})
+    info = {"weighing": {"real": real_pool.name, "backbone": spec.to_dict(), "folds": config.folds,
+                         "calibration": config.calibration, "temperatures": list(weigher.temperatures),
+                         "seed": config.seed, "input": str(sample_set.path)}}
+    _write_weighted(sample_set, scores, out / WEIGHTED_DIR, overwrite=overwrite, info=info, command=command,
+                    seed=config.seed)
+    artefacts = write_calibration(out, report)
+    weights, weight_files = write_weight_diagnostics(out, scores.log_weights)
+
+    metrics = {**calibration_metrics_to_log(report), **weights, KEY_SCORING_SECONDS: scores.seconds,
+               KEY_SCORING_DIFF: report[KEY_SCORING_DIFF]}
+    tracker.log_metrics(metrics)
+    for path in (*artefacts, *weight_files):
+        tracker.log_artifact(path)
+    pooled = report["pooled"]
+    summary = {"out": str(out), "weighted": str(out / WEIGHTED_DIR), "num_samples": int(scores.sample_ids.size),
+               "backbone": spec.kind, "folds": config.folds, "calibration": config.calibration,
+               "temperatures": list(weigher.temperatures), "workers": scores.workers,
+               "rows_per_worker": scores.rows_per_worker,
+               "feature_cache_hits": int(real_hit) + int(gen_hit), "notes": notes,
+               "seconds": time.perf_counter() - started, **metrics}
+    summary["message"] = (
+        f"weighed {scores.sample_ids.size} samples into {out / WEIGHTED_DIR}: held-out accuracy "
+        f"{pooled[AFTER][KEY_ACCURACY]:.3f}, ECE {pooled[BEFORE][KEY_ECE]:.3f} -> {pooled[AFTER][KEY_ECE]:.3f} "
+        f"(T = {', '.join(f'{t:.3g}' for t in weigher.temperatures)}), ESS/N {weights[KEY_ESS_FRAC]:.3g} "
+        f"(ESS {weights[KEY_ESS]:.1f}), max normalised weight {weights[KEY_MAX_SHARE]:.3g}")
+    return WeighOutcome(summary, scores, plan)
