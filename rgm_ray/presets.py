@@ -20,7 +20,7 @@ from rgm_ray.models.domain import DomainConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
 from rgm_ray.models.training import TrainConfig
 from rgm_ray.models.vae import VAEConfig
-from rgm_ray.pipeline.config import PipelineConfig, WeighSettings
+from rgm_ray.pipeline.config import PipelineConfig, SSLSettings, WeighSettings
 from rgm_ray.resample.stage import ResampleConfig
 
 Preset = dict[str, Any]
@@ -40,6 +40,9 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"epochs": 3, "lr": 1e-2},
         "resample": {"k": 64, "target_ess": 64},
         "evaluate": {"k": 64, "runs": 2, "uniform_k": True, "kid_subsets": 10},
+        "ssl": {"config": "ssl_demo.yaml",
+                "overrides": ["grid.seed=[0]", "train.epochs=1", "train.steps_per_epoch=5",
+                              "train.val_size=100", "train.test_subset=200", "train.train_subset=2000"]},
     },
     "demo": {
         "data": {"dataset": "fashion-mnist", "root": None},
@@ -55,6 +58,7 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"epochs": 20, "lr": 1e-2},
         "resample": {"k": 1000, "alpha": 1.0},
         "evaluate": {"k": 1000, "runs": 3, "uniform_k": True, "kid_subsets": 50},
+        "ssl": {"config": "ssl_demo.yaml"},
     },
     "paper": {
         "data": {"dataset": "cifar10", "root": None},
@@ -70,6 +74,7 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"epochs": 20, "lr": 1e-3},
         "resample": {"k": 10_000, "alpha": 1.0},
         "evaluate": {"k": 10_000, "runs": 3, "uniform_k": True},
+        "ssl": {"config": "ssl_sweep.yaml"},
     },
 }
 
@@ -102,6 +107,7 @@ SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "weigh": lambda _, section: WeighSettings.from_dict(section),
     "resample": lambda _, section: ResampleConfig(**section),
     "evaluate": lambda _, section: EvalConfig(**section),
+    "ssl": lambda _, section: SSLSettings.from_dict(section),
 }
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from rgm_ray.seeding import numpy_rng, torch_generator
 from rgm_ray.ssl.labels import balanced_label_subset, split_train_val
 from rgm_ray.ssl.objective import KEY_ACC_LABELED, KEY_CE, KEY_LOSS, KEY_SL, ssl_loss
-from rgm_ray.ssl.resnet import ResNet, ResNetConfig, preprocess
+from rgm_ray.models.resnet import ResNet, ResNetConfig, preprocess
 from rgm_ray.ssl.semantic_loss import semantic_loss
 
 

@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from rgm_ray import __version__
-from rgm_ray.cli import cmd_bench, cmd_data, cmd_evaluate, cmd_generate, cmd_pipeline, cmd_report, cmd_resample, cmd_train, cmd_weigh
+from rgm_ray.cli import cmd_bench, cmd_data, cmd_evaluate, cmd_generate, cmd_pipeline, cmd_report, cmd_resample, cmd_ssl, cmd_train, cmd_tune, cmd_weigh
 from rgm_ray.cli.common import UserError, emit_summary
 from rgm_ray.data import DatasetNotFoundError
 from rgm_ray.store import ArtefactExistsError, ManifestError
 
-COMMANDS = (cmd_data, cmd_train, cmd_generate, cmd_weigh, cmd_resample, cmd_evaluate, cmd_pipeline, cmd_report, cmd_bench)
+COMMANDS = (cmd_data, cmd_train, cmd_generate, cmd_weigh, cmd_resample, cmd_evaluate, cmd_ssl, cmd_tune, cmd_pipeline, cmd_report, cmd_bench)
 # Failures a user can fix: one clear line, no traceback, exit code 2.
 USER_ERRORS = (UserError, DatasetNotFoundError, ArtefactExistsError, ManifestError, FileNotFoundError,
                ValueError)

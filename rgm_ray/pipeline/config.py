@@ -57,3 +57,26 @@ class WeighSettings:
         if unknown:
             raise ValueError(f"unknown weigh key(s) {unknown}")
         return cls(**d)
+
+
+TUNE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "tune_configs"
+
+
+@dataclass(frozen=True)
+class SSLSettings:
+    """The ``ssl`` section: which sweep in ``tune_configs/`` to run, with ``key=value`` overrides."""
+
+    config: str = "ssl_demo.yaml"
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        if not (TUNE_CONFIGS / self.config).is_file():
+            raise ValueError(f"ssl.config: no {TUNE_CONFIGS / self.config}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SSLSettings":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ssl key(s) {unknown}")
+        return cls(**d)

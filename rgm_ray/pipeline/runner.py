@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rgm_ray.pipeline.context import Context
-from rgm_ray.pipeline.stages_eval import stage_evaluate, stage_report, stage_resample
+from rgm_ray.pipeline.stages_eval import stage_evaluate, stage_report, stage_resample, stage_ssl
 from rgm_ray.pipeline.stages_models import stage_data, stage_domain, stage_generate, stage_train
 from rgm_ray.pipeline.stages_weigh import stage_weigh
 from rgm_ray.store.atomic import atomic_write_json
@@ -29,6 +29,7 @@ def stages_for(ctx: Context) -> list[tuple[str, Stage]]:
     stages += [(f"weigh_{g}", functools.partial(stage_weigh, name=g)) for g in generators]
     stages += [(f"resample_{g}", functools.partial(stage_resample, name=g)) for g in generators]
     stages.append(("evaluate", functools.partial(stage_evaluate, generators=generators)))
+    stages.append(("ssl", functools.partial(stage_ssl, generators=generators)))
     stages.append(("report", stage_report))
     return stages
 

@@ -1,15 +1,18 @@
-"""Pipeline stages after weighting: resample, evaluate, report."""
+"""Pipeline stages after weighting: resample, evaluate, the SSL sweep, report."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rgm_ray.pipeline.config import TUNE_CONFIGS, SSLSettings
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.invoke import run_command
 from rgm_ray.report.build import build_report
 from rgm_ray.resample import resample_sample_set
 from rgm_ray.store import ManifestError, SampleSet
 from rgm_ray.tracking import Tracker
+from rgm_ray.tune.config import load_sweep_config
+from rgm_ray.tune.results import SUMMARY_MD
 
 
 def stage_resample(ctx: Context, tracker: Tracker, name: str) -> dict[str, Any]:
@@ -50,3 +53,41 @@ def stage_report(ctx: Context, tracker: Tracker) -> dict[str, Any]:
     tracker.log_artifact(md)
     tracker.log_artifact(page)
     return {"markdown": str(md), "html": str(page)}
+
+
+def _source_paths(ctx: Context, generators: tuple[str, ...]) -> dict[str, str]:
+    """Sweep source names -> this run's sets: ``<g>_plain``/``_resampled``/``_weighted``, and the
+    bare ``plain``/``resampled``/``weighted`` of the thesis's sweep for the last generator (PixelCNN++)."""
+    paths: dict[str, str] = {}
+    for g in generators:
+        paths[f"{g}_plain"] = ctx.outputs[f"generate_{g}"]["samples"]
+        paths[f"{g}_resampled"] = ctx.outputs[f"resample_{g}"]["resampled"]
+        paths[f"{g}_weighted"] = "weighted:" + ctx.outputs[f"weigh_{g}"]["weighted"]
+    last = generators[-1]
+    for kind in ("plain", "resampled", "weighted"):
+        paths[kind] = paths[f"{last}_{kind}"]
+    return paths
+
+
+def stage_ssl(ctx: Context, tracker: Tracker, generators: tuple[str, ...]) -> dict[str, Any]:
+    out = ctx.path("ssl")
+    summary_md = out / SUMMARY_MD
+    if summary_md.is_file():
+        return {"out": str(out), "summary_md": str(summary_md)}
+    settings: SSLSettings = ctx.config("ssl")
+    config_path = TUNE_CONFIGS / settings.config
+    defined = load_sweep_config(config_path).sources
+    data = ctx.config("data")
+    overrides = [f"dataset={data['dataset']}", *settings.overrides]
+    if data["root"]:
+        overrides.append(f"root={data['root']}")
+    overrides += [f"sources.{name}={path}" for name, path in _source_paths(ctx, generators).items()
+                  if name in defined]
+    argv = ["tune", "--config", str(config_path), "--out", str(out), "--overwrite"]
+    for item in overrides:
+        argv += ["--set", item]
+    if ctx.cluster.address:
+        argv += ["--address", ctx.cluster.address]
+    summary = run_command(ctx, argv)
+    return {"out": str(out), "summary_md": str(summary_md),
+            **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}

@@ -1,0 +1,213 @@
+"""Run a sweep with Ray Tune: one trial per cell, each its own MLflow run, then the results tables.
+
+Tune runs the grid (``tune.grid_search`` over the cell list), reserving ``resources_per_trial``
+for every trial and, with a scheduler, stopping trials early on per-epoch validation accuracy
+(ASHA). Each trial opens its MLflow run *inside* the trainable with ``setup_mlflow`` (so figures
+and ``metrics.json`` are logged as artefacts from the worker) under one experiment the driver
+creates first: the SQLite schema is set up once, before trials write to it concurrently. On a
+multi-node cluster both ``out`` and the tracking URI must be reachable from every node.
+
+Ray is imported lazily so ``rgm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rgm_ray.data import load_dataset
+from rgm_ray.runtime import init_ray
+from rgm_ray.ssl.sources import NONE, REAL, open_sample_set_source
+from rgm_ray.ssl.stage import select_indices
+from rgm_ray.ssl.trainer import KEY_BEST_EPOCH, KEY_BEST_VAL_ACC, KEY_EPOCH, KEY_TEST_ACC, KEY_TEST_ACC_LAST, KEY_VAL_ACC
+from rgm_ray.store.atomic import ArtefactExistsError
+from rgm_ray.tracking import default_tracking_uri
+from rgm_ray.tune.config import SweepConfig
+from rgm_ray.tune.results import COMPLETED, ERROR, STOPPED, SUMMARY_MD, write_results
+
+RAY_RESULTS = "ray_results"
+TAG_SWEEP = "rgm.sweep"
+TAG_TRIAL = "rgm.trial"
+
+
+class SweepFailedError(RuntimeError):
+    """No trial of the sweep completed."""
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs besides its cell; shipped to the workers once via ``tune.with_parameters``."""
+
+    sweep: str
+    dataset: str
+    root: str | None
+    train: dict[str, Any]
+    sources: dict[str, str]  # name -> source string with absolute paths
+    tracking_uri: str | None  # None: no MLflow
+    experiment_id: str | None
+    threads: int
+    use_gpu: bool
+
+
+def trial_name(cell: dict[str, Any]) -> str:
+    """A short, unique, filesystem-safe name for a cell, e.g. ``l1000_plain_w0.0005_s3``."""
+    return f"l{cell['labels']}_{cell['source']}_w{cell['sl_weight']:g}_s{cell['seed']}"
+
+
+def _tune_trial_name(trial: Any) -> str:
+    return trial_name(trial.config["cell"])
+
+
+def _run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune trainable: train one cell, reporting every epoch to Tune and MLflow."""
+    import torch
+    from ray import tune
+
+    from rgm_ray.runtime import set_torch_threads
+    from rgm_ray.ssl.sources import parse_source
+    from rgm_ray.ssl.stage import run_ssl
+    from rgm_ray.ssl.trainer import SSLConfig
+    from rgm_ray.tracking import NullTracker, Tracker
+
+    cell = config["cell"]
+    ssl_config = SSLConfig.from_dict({**setup.train, "labels": cell["labels"], "sl_weight": cell["sl_weight"],
+                                      "seed": cell["seed"]})
+    source = parse_source(setup.sources[cell["source"]])
+    set_torch_threads(setup.threads)
+    device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
+    name = trial_name(cell)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    mlflow = None
+    if setup.tracking_uri is not None:
+        from ray.air.integrations.mlflow import setup_mlflow
+
+        params = {**cell, "dataset": setup.dataset, "unlabeled": str(source), "train": setup.train}
+        mlflow = setup_mlflow(params, tracking_uri=setup.tracking_uri, experiment_id=setup.experiment_id,
+                              run_name=name, tags={TAG_SWEEP: setup.sweep, TAG_TRIAL: name})
+    tracker = Tracker(mlflow.active_run()) if mlflow is not None else NullTracker()
+    final: dict[str, float] = {}
+
+    def report(record: dict[str, float]) -> None:
+        # The last record (with the test accuracy) is reported only after metrics.json is written and
+        # the MLflow run is closed: a scheduler may stop the trial at that report (ASHA at max_t).
+        if KEY_TEST_ACC in record:
+            final.update(record)
+        else:
+            tune.report(record)
+
+    status = "FAILED"
+    try:
+        run_ssl(setup.dataset, source, ssl_config, root=setup.root, source_name=cell["source"], out=trial_dir,
+                overwrite=True, device=device, tracker=tracker, on_epoch=report)
+        status = "FINISHED"
+    except SystemExit:  # Tune stops a trial by raising SystemExit inside tune.report
+        status = "KILLED"
+        raise
+    finally:
+        if mlflow is not None:
+            mlflow.end_run(status=status)
+    tune.report(final)
+
+
+def _check_inputs(config: SweepConfig) -> dict[str, str]:
+    """Fail before starting Ray: every used source opens, every label count fits; returns resolved sources."""
+    train = load_dataset(config.dataset, "train", config.root)
+    n_test = len(load_dataset(config.dataset, "test", config.root))
+    for labels in config.grid["labels"]:
+        select_indices(train.labels, n_test, config.ssl_config({"labels": labels, "sl_weight": 0.0, "seed": 0}))
+    used = config.used_sources()
+    resolved: dict[str, str] = {}
+    for name, spec in config.sources.items():
+        spec = spec.resolved()
+        resolved[name] = str(spec)
+        if name in used and spec.kind not in (NONE, REAL):
+            try:
+                open_sample_set_source(spec, train.shape)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"source '{name}' ({spec}): {exc}") from exc
+    return resolved
+
+
+def _ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Id of the MLflow experiment ``name`` (created, or restored if deleted)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _row(result: Any) -> dict[str, Any]:
+    cell = result.config["cell"]
+    metrics = result.metrics or {}
+    if result.error is not None:
+        status = ERROR
+    else:
+        status = COMPLETED if KEY_TEST_ACC in metrics else STOPPED
+    error = "" if result.error is None else str(result.error).strip().splitlines()[-1][:300]
+    return {"trial": trial_name(cell), **cell, "status": status, KEY_VAL_ACC: metrics.get(KEY_BEST_VAL_ACC),
+            KEY_TEST_ACC: metrics.get(KEY_TEST_ACC), KEY_TEST_ACC_LAST: metrics.get(KEY_TEST_ACC_LAST),
+            KEY_BEST_EPOCH: metrics.get(KEY_BEST_EPOCH), "epochs_run": metrics.get(KEY_EPOCH), "error": error}
+
+
+def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: str | None = None,
+              track: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run every cell of ``config`` on Ray Tune and write the tables into ``out`` (default: the config's)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    out = Path(out or config.out_dir).expanduser().resolve()
+    if (out / SUMMARY_MD).exists() and not overwrite:
+        raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
+    sources = _check_inputs(config)
+    tracking_uri = (config.tracking_uri or default_tracking_uri()) if track else None
+    experiment_id = _ensure_experiment(tracking_uri, config.experiment_name) if tracking_uri else None
+    resources = config.resources
+    root = str(Path(config.root).expanduser().resolve()) if config.root else None  # workers may run elsewhere
+    setup = TrialSetup(sweep=config.name, dataset=config.dataset, root=root, train=dict(config.train),
+                       sources=sources, tracking_uri=tracking_uri, experiment_id=experiment_id,
+                       threads=max(1, int(resources["cpu"])), use_gpu=resources["gpu"] > 0)
+    scheduler = None
+    if config.scheduler is not None:
+        scheduler = ASHAScheduler(time_attr=KEY_EPOCH, max_t=config.ssl_config(config.cells()[0]).epochs,
+                                  grace_period=config.scheduler.grace_period,
+                                  reduction_factor=config.scheduler.reduction_factor)
+    storage = out / RAY_RESULTS
+    if overwrite and (storage / config.name).exists():
+        shutil.rmtree(storage / config.name)
+    cells = config.cells()
+    init_ray(address)
+    started = time.perf_counter()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_run_trial, setup=setup), resources),
+        param_space={"cell": tune.grid_search(cells)},
+        tune_config=tune.TuneConfig(metric=KEY_VAL_ACC, mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=config.max_concurrent_trials,
+                                    trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name),
+        run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=0),
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
+        grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    rows = sorted((_row(result) for result in grid), key=lambda r: cells.index(
+        {k: r[k] for k in ("labels", "source", "sl_weight", "seed")}))
+    counts = {status: sum(r["status"] == status for r in rows) for status in (COMPLETED, STOPPED, ERROR)}
+    if counts[COMPLETED] == 0:
+        first = next((r["error"] for r in rows if r["error"]), "no trial reported a test accuracy")
+        raise SweepFailedError(f"sweep '{config.name}': no trial completed ({counts[ERROR]} failed; first error: "
+                               f"{first}); Tune logs under {storage / config.name}")
+    tables = write_results(out, rows, title=f"Sweep '{config.name}' ({config.dataset})", reference=config.compare_to)
+    return {"sweep": config.name, "out": str(out), "trials": len(rows), **counts, "seconds": seconds,
+            "tracking_uri": tracking_uri, "experiment": config.experiment_name if tracking_uri else None,
+            "resources_per_trial": resources, "best": tables["best"], "selected": tables["selected"],
+            "files": tables["files"], "ray_results": str(storage / config.name),
+            "scheduler": None if config.scheduler is None else asdict(config.scheduler)}

@@ -1,0 +1,213 @@
+"""Sweep configs (every shipped one validates; bad ones name the key), result tables, and ``rgm tune``
+on Ray Tune with one MLflow run per trial."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rgm_ray.store import SampleSetWriter, make_table
+from rgm_ray.tune.config import ConfigError, apply_overrides, load_sweep_config, sweep_config_from_dict
+from rgm_ray.tune.results import (COMPLETED, STOPPED, best_configuration, mean_ci, paired_differences,
+                                  select_on_validation, summarize, write_results)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+SMOKE = CONFIG_DIR / "ssl_smoke.yaml"
+
+# ---------------------------------------------------------------- configs
+
+
+def test_shipped_configs_exist() -> None:
+    assert {p.name for p in SHIPPED} >= {"ssl_sweep.yaml", "ssl_smoke.yaml"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    config = load_sweep_config(path)
+    cells = config.cells()
+    assert cells and len({tuple(c.values()) for c in cells}) == len(cells)
+    for cell in cells:
+        assert config.ssl_config(cell).seed == cell["seed"]  # every trial builds a valid training config
+        assert cell["source"] in config.sources
+
+
+def test_paper_grid() -> None:
+    config = load_sweep_config(CONFIG_DIR / "ssl_sweep.yaml")
+    assert config.grid["sl_weight"] == (0.0, 0.0005, 0.005, 0.05, 0.5)
+    assert config.grid["labels"] == (1000, 4000, "all")
+    assert set(config.grid["source"]) == {"plain", "resampled", "weighted"} and len(config.grid["seed"]) == 5
+    train = config.ssl_config(config.cells()[0])
+    assert (train.epochs, train.batch_size, train.lr) == (20, 32, 1e-3)
+    assert len(config.cells()) == 5 * 3 * 3 * 5 + 2 * 3 * 5  # grid + (real, none) baselines
+    assert config.resources == {"cpu": 1.0, "gpu": 0.0}
+
+
+def test_smoke_config_is_small() -> None:
+    config = load_sweep_config(SMOKE)
+    cells = config.cells()
+    assert len(cells) == 4 and len(config.grid["labels"]) == 1 and len(config.grid["seed"]) == 2
+    assert config.ssl_config(cells[0]).epochs == 1
+
+
+def test_overrides() -> None:
+    raw = apply_overrides({"grid": {"seed": [0]}}, ["grid.seed=[1, 2]", "train.epochs=3", "sources.x=real"])
+    assert raw == {"grid": {"seed": [1, 2]}, "train": {"epochs": 3}, "sources": {"x": "real"}}
+    config = load_sweep_config(SMOKE, ["grid.labels=[all, 50]", "out=/tmp/x"])
+    assert config.grid["labels"] == ("all", 50) and str(config.out_dir) == "/tmp/x"
+    with pytest.raises(ConfigError, match="key 'grid.seed': is not a mapping"):
+        apply_overrides({"grid": {"seed": [0]}}, ["grid.seed.x.y=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+@pytest.mark.parametrize(("override", "key", "reason"), [
+    ("grid.sl_weight=[-1]", "grid.sl_weight", ">= 0"),
+    ("grid.sl_weight=[]", "grid.sl_weight", "non-empty list"),
+    ("grid.labels=[0]", "grid.labels", "positive int"),
+    ("grid.source=[nope]", "grid.source", "not a name in 'sources'"),
+    ("grid.seed=[0, 0]", "grid.seed", "repeated"),
+    ("grid.lr=[1]", "grid.lr", "unknown grid key"),
+    ("train.epochs=0", "train.epochs", "positive int"),
+    ("train.batch_size=7", "train.batch_size", "even"),
+    ("train.labels=5", "train.labels", "set per trial"),
+    ("train.epoch=1", "train.epoch", "unknown setting"),
+    ("sources.plain='weighted:'", "sources.plain", "needs a sample-set directory"),
+    ("dataset=mnist", "dataset", "not one of"),
+    ("resources_per_trial.cpu=0", "resources_per_trial.cpu", "> 0"),
+    ("resources_per_trial.tpu=1", "resources_per_trial", "cpu and/or gpu"),
+    ("scheduler.type=pbt", "scheduler.type", "not one of"),
+    ("scheduler={type: asha, grace_period: 5}", "scheduler.grace_period", "exceeds train.epochs"),
+    ("compare_to=zzz", "compare_to", "not a swept source"),
+    ("baselines=[{source: none}]", "baselines[0]", "exactly source, sl_weight"),
+    ("max_concurrent_trials=0", "max_concurrent_trials", "positive int"),
+    ("epochs=3", "epochs", "unknown key"),
+    ("name=null", "name", "required"),
+])
+def test_bad_config_names_the_key(override: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_sweep_config(SMOKE, [override])
+    assert info.value.key == key and reason in info.value.reason
+    assert f"key '{key}'" in str(info.value) and "ssl_smoke.yaml" in str(info.value)
+
+
+def test_config_must_be_a_mapping(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_sweep_config(bad)
+    with pytest.raises(ConfigError, match="key 'sources'"):
+        sweep_config_from_dict({"name": "x", "dataset": "fashion-mnist", "sources": {}, "grid": {}})
+
+
+# ---------------------------------------------------------------- result tables
+
+
+def test_mean_ci_is_student_t() -> None:
+    mean, std, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4} * s / sqrt(n)
+    assert mean == 3.0 and std == pytest.approx(math.sqrt(2.5))
+    assert (lo, hi) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    assert math.isnan(mean_ci([0.5])[2]) and mean_ci([0.5])[0] == 0.5
+
+
+def _rows() -> list[dict]:
+    """Two sources x two weights x three seeds: w=0 wins on validation, w=0.5 on test."""
+    rows = []
+    for source, shift in (("plain", 0.0), ("resampled", 0.01)):
+        for w, val, test in ((0.0, 0.80, 0.60), (0.5, 0.70, 0.90)):
+            for seed in range(3):
+                rows.append({"trial": f"{source}{w}{seed}", "labels": 100, "source": source, "sl_weight": w,
+                             "seed": seed, "status": COMPLETED, "val_acc": val + shift + 0.001 * seed,
+                             "test_acc": test + shift + 0.002 * seed})
+    rows.append({**rows[0], "seed": 3, "status": STOPPED, "val_acc": 0.99, "test_acc": None})
+    return rows
+
+
+def test_selection_uses_validation_only_and_differences_are_paired() -> None:
+    rows = _rows()
+    groups = summarize(rows)
+    assert [(g["source"], g["sl_weight"], g["n"], g["n_incomplete"]) for g in groups] == [
+        ("plain", 0.0, 3, 1), ("plain", 0.5, 3, 0), ("resampled", 0.0, 3, 0), ("resampled", 0.5, 3, 0)]
+    assert groups[0]["test_acc_mean"] == pytest.approx(0.602)  # the stopped trial is left out
+    selected = select_on_validation(groups)
+    assert [(g["source"], g["sl_weight"]) for g in selected] == [("plain", 0.0), ("resampled", 0.0)]
+    best = best_configuration(groups)
+    assert (best["source"], best["sl_weight"]) == ("resampled", 0.0)
+    diffs = paired_differences(rows, "plain")
+    assert [(d["source"], d["sl_weight"], d["n_pairs"]) for d in diffs] == [("resampled", 0.0, 3), ("resampled", 0.5, 3)]
+    assert diffs[0]["diff_mean"] == pytest.approx(0.01) and diffs[0]["diff_std"] == pytest.approx(0, abs=1e-12)
+
+
+def test_write_results(tmp_path) -> None:
+    tables = write_results(tmp_path, _rows(), title="t", reference="plain")
+    summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert len(summary) == 4 and {"test_acc_mean", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high"} <= set(summary[0])
+    md = (tmp_path / "summary.md").read_text()
+    assert "test 95 % CI" in md and "Δ test vs plain (paired)" in md and "labels=100, source=resampled, w=0" in md
+    assert (tmp_path / "trials.csv").read_text().count("\n") == 14  # header + 13 trials
+    assert set(tables["files"]) == {"trials.csv", "summary.csv", "selected.csv", "summary.md", "differences.csv"}
+
+
+# ---------------------------------------------------------------- rgm tune on Ray
+
+
+@pytest.fixture
+def cli_main(monkeypatch):
+    """``rgm`` with the ssl/tune commands registered (a no-op once main.py lists them)."""
+    import rgm_ray.cli.main as cli
+    from rgm_ray.cli import cmd_ssl, cmd_tune
+
+    extra = tuple(c for c in (cmd_ssl, cmd_tune) if c not in cli.COMMANDS)
+    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + extra)
+    return cli.main
+
+
+@pytest.mark.ray
+def test_rgm_tune_smoke_one_mlflow_run_per_trial(ray_local, tmp_path, tracking_uri, fmnist_test, cli_main,
+                                                 capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow puts artefacts under the working directory
+    plain = tmp_path / "plain"
+    with SampleSetWriter(plain, source="test:generated") as writer:
+        writer.write(make_table(np.arange(64), fmnist_test.images[:64], None, source="test:generated"))
+    out = tmp_path / "sweep"
+    argv = ["tune", "--config", str(SMOKE), "--out", str(out), "--json",
+            "--set", f"sources.plain={plain}", "--set", "grid.source=[real, plain]", "--set", "grid.seed=[0]",
+            "--set", "grid.sl_weight=[0.5]", "--set", "train.steps_per_epoch=3", "--set", "train.train_subset=600",
+            "--set", "train.val_size=60", "--set", "train.test_subset=100", "--set", "compare_to=real",
+            "--set", "name=smoke_test"]
+    assert cli_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)  # stdout holds only the JSON summary
+    assert summary["trials"] == 2 and summary["completed"] == 2 and summary["error"] == 0
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)  # another test may have left MLflow pointing at its own store
+    runs = mlflow.search_runs(experiment_names=["smoke_test"])
+    assert len(runs) == 2
+    assert sorted(runs["tags.rgm.trial"]) == ["l100_plain_w0.5_s0", "l100_real_w0.5_s0"]
+    assert set(runs["status"]) == {"FINISHED"} and runs["metrics.test_acc"].notna().all()
+    assert set(runs["params.source"]) == {"real", "plain"}
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    assert all([a.path for a in client.list_artifacts(run_id)] == ["metrics.json"] for run_id in runs["run_id"])
+
+    trials = list(csv.DictReader(io.StringIO((out / "trials.csv").read_text())))
+    assert {t["trial"] for t in trials} == set(runs["tags.rgm.trial"])
+    by_trial = dict(zip(runs["tags.rgm.trial"], runs["metrics.test_acc"]))
+    assert all(float(t["test_acc"]) == pytest.approx(by_trial[t["trial"]]) for t in trials)
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"labels", "source", "sl_weight", "n", "test_acc_mean", "test_acc_std", "test_acc_ci_low",
+            "test_acc_ci_high", "val_acc_mean"} <= set(header)
+    md = (out / "summary.md").read_text()
+    assert "95 % CI" in md and "Best configuration (validation)" in md and (out / "differences.csv").is_file()
+    for trial in trials:  # each trial's metrics.json sits in its Tune directory
+        assert json.loads((Path(summary["ray_results"]) / trial["trial"] / "metrics.json").read_text())["labels"] == "100"
+
+    assert cli_main(argv) == 2  # a finished sweep is not overwritten silently
+    assert "--overwrite" in capsys.readouterr().err
