@@ -45,7 +45,11 @@ def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
     names = [name for name, _ in stages]
     if until is not None and until not in names:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(names)}")
-    timings: dict[str, float] = {}
+    # A resumed run keeps what earlier runs recorded: a skipped stage reports only what it checked.
+    previous = load_state(ctx.run_dir) if ctx.path(STATE_FILE).is_file() else {}
+    if previous.get("preset") not in (None, ctx.preset_name):
+        raise ValueError(f"{ctx.run_dir} holds a '{previous['preset']}' run; use another --out")
+    timings: dict[str, float] = dict(previous.get("seconds", {}))
     started = time.perf_counter()
     with start_run(f"pipeline-{ctx.preset_name}", enabled=ctx.track,
                    params={"preset": ctx.preset_name, "run_dir": str(ctx.run_dir)}) as parent:
@@ -53,9 +57,10 @@ def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
             _say(f"[{i}/{len(stages)}] {name} ...")
             t0 = time.perf_counter()
             with start_run(name, enabled=ctx.track, nested=True) as tracker:
-                ctx.outputs[name] = stage(ctx, tracker)
-            timings[name] = time.perf_counter() - t0
-            _say(f"[{i}/{len(stages)}] {name} done in {timings[name]:.0f} s")
+                ctx.outputs[name] = {**previous.get("outputs", {}).get(name, {}), **stage(ctx, tracker)}
+            spent = time.perf_counter() - t0
+            timings[name] = timings.get(name, 0.0) + spent  # compute spent on the stage over all runs
+            _say(f"[{i}/{len(stages)}] {name} done in {spent:.0f} s")
             atomic_write_json(ctx.path(STATE_FILE), {"preset": ctx.preset_name, "outputs": ctx.outputs,
                                                      "seconds": timings})
             if name == until:

@@ -76,13 +76,20 @@ def stage_ssl(ctx: Context, tracker: Tracker, generators: tuple[str, ...]) -> di
         return {"out": str(out), "summary_md": str(summary_md)}
     settings: SSLSettings = ctx.config("ssl")
     config_path = TUNE_CONFIGS / settings.config
-    defined = load_sweep_config(config_path).sources
+    sweep = load_sweep_config(config_path, settings.overrides)
     data = ctx.config("data")
+    paths = _source_paths(ctx, generators)
     overrides = [f"dataset={data['dataset']}", *settings.overrides]
     if data["root"]:
         overrides.append(f"root={data['root']}")
-    overrides += [f"sources.{name}={path}" for name, path in _source_paths(ctx, generators).items()
-                  if name in defined]
+    overrides += [f"sources.{name}={path}" for name, path in paths.items() if name in sweep.sources]
+    # generated sources of generators this run did not train are dropped from the grid
+    available = [name for name in sweep.grid["source"] if name in paths or name in ("real", "none")]
+    if not available:
+        raise ValueError(f"{config_path}: none of the grid's sources {list(sweep.grid['source'])} exist in this run")
+    overrides.append(f"grid.source=[{', '.join(available)}]")
+    if sweep.compare_to is not None and sweep.compare_to not in available + [b["source"] for b in sweep.baselines]:
+        overrides.append("compare_to=null")
     argv = ["tune", "--config", str(config_path), "--out", str(out), "--overwrite"]
     for item in overrides:
         argv += ["--set", item]

@@ -76,8 +76,12 @@ def section_evaluation(outputs: dict[str, Any]) -> Section:
     rows = [[row["name"], *(f"{_fmt(row['mean'][k])} ± {_fmt(row['std'][k], 2)}" for k in keys)]
             for row in metrics["rows"]]
     arrows = {"is": "IS ↑", "fid": "FID ↓", "kid": "KID ↓", "precision": "precision ↑", "recall": "recall ↑"}
+    comparable = extractor.get("comparable_to_inception_numbers", False)
     caption = (f"{metrics['runs']} runs of k = {metrics['k']} images per set, mean ± std. Features: "
-               f"{extractor.get('name', extractor)}; {extractor.get('note', '')}")
+               f"{extractor.get('description', extractor.get('kind'))}. "
+               + ("Inception-V3 numbers, comparable to the literature." if comparable else
+                  "These are domain-feature numbers, NOT Inception-V3 numbers: compare rows with each other, "
+                  "not with published IS/FID/KID."))
     section.tables.append(Table(["set", *(arrows.get(k, k) for k in keys)], rows, caption))
     for png in sorted(out.glob("grid_*.png")):
         section.figures.append(Figure(png, png.stem.removeprefix("grid_").replace("_", " ")))
@@ -166,8 +170,10 @@ def build_report(run_dir: str | Path, *, outputs: dict[str, Any] | None = None) 
     outputs = outputs if outputs is not None else state["outputs"]
     sections = [build(outputs) for build in SECTIONS]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in state.get("seconds", {}).items())
+    total = sum(state.get("seconds", {}).values())
     sections.insert(0, Section("Run", [f"Preset '{state['preset']}', run directory {run_dir}.",
-                                       f"Stage wall times: {timing}."]))
+                                       f"Wall time spent per stage (over all runs of this directory, "
+                                       f"{total / 60:.1f} min in total): {timing}."]))
     title = f"rgm_ray report — {state['preset']}"
     md, page = run_dir / REPORT_MD, run_dir / REPORT_HTML
     atomic_write_bytes(md, to_markdown(title, sections, run_dir).encode())
