@@ -34,7 +34,7 @@ PRESETS: dict[str, Preset] = {
                            "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
         "train_vae": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-3, "eval_every": 6,
                       "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
-        "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024},
+        "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024, "test_images": 500},
         "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
         "pipeline": {"pretrained": None},
         "weigh": {"epochs": 3, "lr": 1e-2},

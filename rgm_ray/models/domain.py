@@ -33,6 +33,7 @@ class DomainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     train_images: int | None = None  # first N training images only (quick runs)
+    test_images: int | None = None  # measure test accuracy on the first N test images only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -40,6 +41,8 @@ class DomainConfig:
             raise ValueError(f"domain: epochs, batch_size and lr must be positive, got {self}")
         if self.train_images is not None and self.train_images < self.batch_size:
             raise ValueError(f"domain.train_images={self.train_images} is smaller than one batch")
+        if self.test_images is not None and self.test_images <= 0:
+            raise ValueError(f"domain.test_images must be positive or null, got {self.test_images}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DomainConfig":
@@ -91,9 +94,11 @@ def train_domain_classifier(train: ImageDataset, test: ImageDataset, config: Dom
                 bar.set_postfix(ce=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
-    accuracy = float((predict_logits(model, test.images, device=device).argmax(1) == test.labels).mean())
+    n_test = config.test_images or len(test)
+    logits = predict_logits(model, test.images[:n_test], device=device)
+    accuracy = float((logits.argmax(1) == test.labels[:n_test]).mean())
     summary = {KEY_TEST_ACCURACY: accuracy, "train_seconds": time.perf_counter() - started,
-               "dataset": train.name, "train_images": len(images)}
+               "dataset": train.name, "train_images": len(images), "test_images": n_test}
     tracker.log_metrics({KEY_TEST_ACCURACY: accuracy})
     save_checkpoint(out, model.cpu(), meta={"dataset": train.name, "classes": list(train.classes),
                                            "domain_config": asdict(config), "metrics": summary})
