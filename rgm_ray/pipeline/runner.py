@@ -61,8 +61,8 @@ def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
             spent = time.perf_counter() - t0
             timings[name] = timings.get(name, 0.0) + spent  # compute spent on the stage over all runs
             _say(f"[{i}/{len(stages)}] {name} done in {spent:.0f} s")
-            atomic_write_json(ctx.path(STATE_FILE), {"preset": ctx.preset_name, "outputs": ctx.outputs,
-                                                     "seconds": timings})
+            atomic_write_json(ctx.path(STATE_FILE), {"preset": ctx.preset_name, "stages": names,
+                                                     "outputs": ctx.outputs, "seconds": timings})
             if name == until:
                 break
         total = time.perf_counter() - started

@@ -169,8 +169,9 @@ def build_report(run_dir: str | Path, *, outputs: dict[str, Any] | None = None) 
     state = json.loads(state_path.read_text())
     outputs = outputs if outputs is not None else state["outputs"]
     sections = [build(outputs) for build in SECTIONS]
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in state.get("seconds", {}).items())
-    total = sum(state.get("seconds", {}).values())
+    seconds = state.get("seconds", {})
+    timing = ", ".join(f"{k} {seconds[k]:.0f} s" for k in state.get("stages", seconds) if k in seconds)
+    total = sum(seconds.values())
     sections.insert(0, Section("Run", [f"Preset '{state['preset']}', run directory {run_dir}.",
                                        f"Wall time spent per stage (over all runs of this directory, "
                                        f"{total / 60:.1f} min in total): {timing}."]))

@@ -1,0 +1,106 @@
+"""The whole pipeline on the ``tiny`` preset: every stage's artefacts, the report, MLflow, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rgm_ray.cli.main import main
+from rgm_ray.models import PixelCNNpp, ResNet, VAE, load_checkpoint
+from rgm_ray.store import SampleSet, verify_sample_set
+
+pytestmark = pytest.mark.ray
+
+SHRINK = ["--set", "generate.num_samples=128", "--set", "generate.shard_size=32",
+          "--set", "evaluate.k=48", "--set", "resample.k=48", "--set", "resample.target_ess=48"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny pipeline run (MLflow on, in a throwaway store) shared by the checks below."""
+    import mlflow
+
+    base = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(base)  # MLflow's artefact store lives under the working directory
+    out = base / "run"
+    code = main(["pipeline", "--preset", "tiny", "--out", str(out), "--workers", "2", *SHRINK])
+    mlflow.set_tracking_uri(uri)
+    yield {"out": out, "code": code, "uri": uri}
+    mp.undo()
+
+
+def test_pipeline_succeeds_and_records_every_stage(run):
+    assert run["code"] == 0
+    state = json.loads((run["out"] / "pipeline.json").read_text())
+    expected = ["data", "domain", "train_vae", "train_pixelcnn", "generate_vae", "generate_pixelcnn",
+                "weigh_vae", "weigh_pixelcnn", "resample_vae", "resample_pixelcnn", "evaluate", "ssl", "report"]
+    assert state["stages"] == expected
+    assert set(state["outputs"]) == set(state["seconds"]) == set(expected)
+
+
+def test_data_models_and_samples(run):
+    out = run["out"]
+    assert len(SampleSet(out / "data" / "real_test")) == 10000
+    assert isinstance(load_checkpoint(out / "domain"), ResNet)
+    assert isinstance(load_checkpoint(out / "models" / "vae" / "checkpoint"), VAE)
+    assert isinstance(load_checkpoint(out / "models" / "pixelcnn" / "checkpoint"), PixelCNNpp)
+    for g in ("vae", "pixelcnn"):
+        assert (out / "models" / g / "samples.png").stat().st_size > 0
+        samples = out / "samples" / g
+        assert verify_sample_set(samples) == []
+        data = SampleSet(samples).read(["sample_id", "label"])
+        np.testing.assert_array_equal(data["sample_id"], np.arange(128))
+        assert (data["label"] == -1).all()
+
+
+def test_weights_resamples_and_diagnostics(run):
+    out = run["out"]
+    for g in ("vae", "pixelcnn"):
+        weighted = SampleSet(out / "weights" / g / "weighted")
+        lw = weighted.read(["log_weight"])["log_weight"]
+        assert len(lw) == 128 and np.isfinite(lw).all()
+        for name in ("calibration.json", "weights_summary.json", "reliability.png", "log_weight_hist.png",
+                     "ess_vs_alpha.png"):
+            assert (out / "weights" / g / name).stat().st_size > 0
+        resampled = SampleSet(out / "resampled" / g)
+        ids = resampled.read(["sample_id"])["sample_id"]
+        assert len(ids) == 48 == len(np.unique(ids)) and np.isin(ids, np.arange(128)).all()
+        assert resampled.manifest.info["resample"]["k"] == 48
+
+
+def test_evaluation_ssl_and_report_tables(run):
+    out = run["out"]
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert [r["name"] for r in metrics["rows"]] == ["reference", "vae_plain", "vae_resampled",
+                                                    "pixelcnn_plain", "pixelcnn_resampled"]
+    assert metrics["extractor"]["kind"] == "domain"
+    summary = (out / "ssl" / "summary.csv").read_text()
+    for source in ("vae_plain", "vae_resampled", "pixelcnn_plain", "pixelcnn_resampled", "real", "none"):
+        assert source in summary
+    report = (out / "report.md").read_text()
+    for heading in ("Table 6.1", "Table 6.2", "Table 6.3", "Table 6.4"):
+        assert heading in report
+    assert "| PixelCNN++ |" in report and "| reference |" in report and "| pixelcnn_resampled |" in report
+    assert "NOT Inception-V3 numbers" in report
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 10 and "src='models/" not in page
+
+
+def test_mlflow_has_one_parent_with_nested_stage_runs(run):
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["rgm_ray"])
+    parents = runs[runs["tags.mlflow.runName"] == "pipeline-tiny"]
+    assert len(parents) == 1
+    children = runs[runs["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]]
+    assert {"data", "domain", "weigh_vae", "evaluate", "ssl", "report"} <= set(children["tags.mlflow.runName"])
+
+
+def test_rerun_skips_finished_stages(run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in run["out"].rglob("*.parquet")}
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run["out"]), "--no-mlflow", *SHRINK]) == 0
+    after = {p: p.stat().st_mtime_ns for p in run["out"].rglob("*.parquet")}
+    assert before == after  # nothing recomputed or rewritten
