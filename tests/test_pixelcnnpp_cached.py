@@ -52,12 +52,6 @@ from rgm_ray.presets import load_preset, section
 from rgm_ray.seeding import torch_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def random_model(channels: int, size: int, nr_resnet: int, nr_filters: int = 8, seed: int = 0) -> PixelCNNpp:

@@ -16,13 +16,6 @@ from rgm_ray.models.resnet import ResNet, ResNetConfig, preprocess
 from rgm_ray.ssl.semantic_loss import semantic_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Tiny convolutions run far faster single-threaded on a busy 2-core machine (no spin-wait contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------- labelled subsets

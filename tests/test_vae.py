@@ -10,7 +10,6 @@ import torch
 from rgm_ray.data.datasets import load_dataset
 from rgm_ray.models.vae import VAE, VAEConfig, kl_to_standard_normal
 
-torch.set_num_threads(2)
 
 TINY_GRAY = VAEConfig(in_channels=1, image_size=28, latent_dim=8, base_channels=8)
 TINY_RGB = VAEConfig(in_channels=3, image_size=32, latent_dim=8, base_channels=8, nr_mix=2)

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from rgm_ray.data import DATASET_SHAPES
 from rgm_ray.models.checkpoint import load_checkpoint, read_checkpoint_config
+from rgm_ray.models.inception import check_inception_weights
 from rgm_ray.models.resnet import ResNet, preprocess
 
 DOMAIN_EXTRACTOR = "rgm-domain"
@@ -44,7 +44,6 @@ DOMAIN_LOGITS = "logits"
 INCEPTION_FEATURES = "2048"
 INCEPTION_LOGITS = "logits_unbiased"
 # Tensors in an Inception state dict that a wrong file would not have.
-_INCEPTION_KEYS = ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight")
 
 
 def _domain_checkpoint_record(checkpoint: str | Path) -> dict[str, Any]:
@@ -145,23 +144,7 @@ def inception_spec(weights: str | Path | None) -> ExtractorSpec:
     The file is opened with ``weights_only=True`` first, so a wrong or unsafe file fails here with
     a clear message instead of inside torch-fidelity's unrestricted ``torch.load``.
     """
-    where = (f"it cannot be downloaded here (no internet). Fetch {URL_INCEPTION_V3} on a machine with "
-             "internet access, copy it here and pass --inception-weights PATH")
-    if weights is None:
-        raise ValueError(f"--features inception needs --inception-weights PATH (torch-fidelity's "
-                         f"Inception-V3 weights file); {where}")
-    path = Path(weights)
-    if not path.is_file():
-        raise ValueError(f"--inception-weights {path}: no such file; {where}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises assorted errors for foreign or truncated files
-        raise ValueError(f"--inception-weights {path}: not a plain PyTorch state dict "
-                         f"({exc.__class__.__name__}); {where}") from exc
-    missing = [key for key in _INCEPTION_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ValueError(f"--inception-weights {path}: not torch-fidelity's Inception-V3 weights "
-                         f"(missing {', '.join(missing)}); {where}")
+    path = check_inception_weights(weights, needed_by="--features inception")
     return ExtractorSpec("inception", INCEPTION_EXTRACTOR, str(path), INCEPTION_FEATURES, INCEPTION_LOGITS,
                          rgb=True)
 

@@ -9,7 +9,7 @@ presented as Inception numbers.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ from rgm_ray.models.checkpoint import save_checkpoint
 from rgm_ray.models.resnet import ResNet, ResNetConfig, preprocess
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.tracking import NullTracker, Tracker
+from rgm_ray.configs import strict_from_dict
 
 KEY_TEST_ACCURACY = "test_accuracy"
 KEY_TRAIN_LOSS = "train_ce"
@@ -46,10 +47,7 @@ class DomainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DomainConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown domain config key(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "domain")
 
 
 @torch.no_grad()

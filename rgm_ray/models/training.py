@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from rgm_ray.models.checkpoint import (WEIGHTS_FILE, load_trainer_state, load_we
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store.atomic import atomic_write_json
 from rgm_ray.tracking import NullTracker, Tracker
+from rgm_ray.configs import strict_from_dict
 
 KEY_TRAIN_BPD = "train_bpd"
 KEY_TEST_BPD = "test_bpd"
@@ -65,11 +66,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "train")
 
 
 @torch.no_grad()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rgm_ray.weigh.classifier import HeadConfig
 from rgm_ray.weigh.stage import WeighConfig
+from rgm_ray.configs import strict_from_dict
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -29,10 +30,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown pipeline key(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "pipeline")
 
 
 @dataclass(frozen=True)
@@ -53,10 +51,7 @@ class WeighSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WeighSettings":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown weigh key(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "weigh")
 
 
 TUNE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "tune_configs"
@@ -76,7 +71,4 @@ class SSLSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SSLSettings":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ssl key(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "ssl")

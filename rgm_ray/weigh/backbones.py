@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from rgm_ray.models.checkpoint import checkpoint_digest, load_checkpoint, read_checkpoint_config
+from rgm_ray.models.inception import check_inception_weights
 from rgm_ray.models.resnet import ResNet, preprocess
 from rgm_ray.store.atomic import sha256_file
 
 BACKBONES = ("domain", "inception", "cnn")
 INCEPTION_FEATURES = "2048"
 INCEPTION_NAME = "inception-v3-compat"
-_INCEPTION_URL_HINT = ("torch-fidelity's Inception-V3 weights file (weights-inception-2015-12-05-6726825d.pth, "
-                       "from its GitHub releases); nothing is downloaded here, copy it over and pass its path")
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class BackboneSpec:
         if self.kind == "cnn" and self.path is not None:
             raise ValueError("the cnn backbone is trained end to end and takes no weights path")
         if self.kind == "inception":
-            _check_inception_weights(self.path)
+            check_inception_weights(self.path, needed_by="--backbone inception")
         if self.kind == "domain":
             if self.path is None:
                 raise ValueError("the domain backbone needs a domain ResNet checkpoint directory")
@@ -71,21 +70,6 @@ class BackboneSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BackboneSpec":
         return cls(kind=d["kind"], path=d.get("path"))
-
-
-def _check_inception_weights(path: str | None) -> None:
-    """Reject a missing or foreign file before torch-fidelity unpickles it (it loads with weights_only=False)."""
-    if path is None:
-        raise ValueError(f"--backbone inception needs --inception-weights PATH: {_INCEPTION_URL_HINT}")
-    if not Path(path).is_file():
-        raise ValueError(f"--inception-weights {path}: no such file; {_INCEPTION_URL_HINT}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises assorted errors for foreign or truncated files
-        raise ValueError(f"--inception-weights {path}: not a plain PyTorch state dict "
-                         f"({exc.__class__.__name__}); {_INCEPTION_URL_HINT}") from exc
-    if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
-        raise ValueError(f"--inception-weights {path}: not Inception-V3 weights; {_INCEPTION_URL_HINT}")
 
 
 class Backbone(nn.Module):
