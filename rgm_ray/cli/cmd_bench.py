@@ -23,7 +23,17 @@ def _ints(text: str) -> list[int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
-    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{generate,resample}")
+    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{sampler,generate,resample}")
+
+    sam = bench.add_parser("sampler", help="naive vs cached PixelCNN++ sampling speed per batch size")
+    sam.add_argument("--preset", default="paper", choices=tuple(PRESETS),
+                     help="model config source (default: paper); override fields with --set")
+    sam.add_argument("--set", dest="overrides", action="append", default=[], metavar="pixelcnn.KEY=VALUE")
+    sam.add_argument("--batch-sizes", type=_ints, default=[1, 16, 64, 256])
+    sam.add_argument("--naive-steps", type=int, default=2,
+                     help="full forward passes timed per batch size; naive cost = that x H*W (0 skips)")
+    sam.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sam.set_defaults(handler=run_bench_sampler, json=True)
 
     gen = bench.add_parser("generate", help="sharded generation throughput with 1 and 2 Ray workers")
     gen.add_argument("--preset", default="demo", choices=tuple(PRESETS))
@@ -58,3 +68,13 @@ def run_bench_resample(args: argparse.Namespace) -> dict[str, Any]:
 
     return bench_resample(args.n, args.k, shards=args.shards, n_disk=args.n_disk, seed=args.seed,
                           workdir=args.workdir)
+
+
+def run_bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
+    from rgm_ray.bench.sampler import bench_sampler
+    from rgm_ray.presets import load_preset, section
+    from rgm_ray.runtime import set_torch_threads
+
+    set_torch_threads(args.threads)
+    config = section(load_preset(args.preset, args.overrides), "pixelcnn")
+    return bench_sampler(config, args.batch_sizes, naive_steps=args.naive_steps)
