@@ -10,15 +10,18 @@ are the naive sampler's.
 
 On rounding: the naive sampler's convs and these matmuls sum in different orders, so logits agree
 to ~1e-7 in float32, and a draw within that distance of a quantisation boundary can round the
-other way (about 1 in 10^4 channel draws; the naive sampler itself differs from itself as often
-across batch sizes and thread counts, because PyTorch picks its conv kernels by batch size and
-threads). A float64 model samples in float64 with both samplers, where the two agree bit for bit.
+other way (measured: 1 pixel in 2e3 to 6e4, after which that image's later pixels differ too).
+The naive sampler differs from itself as often across batch sizes and thread counts, because
+PyTorch picks its conv kernels by batch size and threads, so float32 sampling is reproducible for
+a fixed batch size and thread count only. A float64 model samples in float64 with both samplers,
+where they agree bit for bit.
 
-Caches are position-major ``[N + 1, B, C]`` over the node's ``N = h * w`` raster positions plus
-one all-zero slot that padding taps read, so gathering a patch of ``K`` taps at ``n`` positions is
-one row ``index_select`` (contiguous copies) and one transpose into the ``[n * B, K * C]`` matrix
-the conv weight multiplies. A node read through ``concat_elu`` also keeps ``concat_elu`` of itself
-(``[N + 1, B, 2 C]``, computed once per position rather than once per tap that reads it).
+Caches are slot-major ``[S + 1, B, C]``: a ring of the node's most recent rows (``S`` slots, see
+``pixelcnnpp_cache_plan``) plus one all-zero slot that padding taps read, so gathering a patch of
+``K`` taps at ``n`` positions is one row ``index_select`` (contiguous copies) and one transpose into
+the ``[n * B, K * C]`` matrix the conv weight multiplies. A node read through ``concat_elu`` also
+keeps ``concat_elu`` of itself (``[S + 1, B, 2 C]``, computed once per position rather than once
+per tap that reads it).
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ class _BoundTerm:
 
 @dataclass(frozen=True)
 class _BoundNode:
-    raw: Tensor | None  # [N + 1, B, C] the activation, if something reads it as is
-    activated: Tensor | None  # [N + 1, B, 2 C] concat_elu of it, if something reads that
+    raw: Tensor | None  # [slots, B, C] the activation, if something reads it as is
+    activated: Tensor | None  # [slots, B, 2 C] concat_elu of it, if something reads that
     terms: tuple[_BoundTerm, ...]
     residual: Tensor | None  # raw cache of the gated residual's input
 
@@ -83,11 +86,11 @@ def _gathered_rows(channels: list[int], taps: int) -> Tensor:
     return torch.cat(rows)
 
 
-CacheShape = tuple[int, int]  # (positions + 1, channels); times the batch size in between
+CacheShape = tuple[int, int]  # (slots, channels); times the batch size in between
 
 
 def cache_shapes(plan: Plan, *, keep_raw: bool = False) -> list[tuple[CacheShape | None, CacheShape | None]]:
-    """Per node, the (positions + 1, channels) of its raw and its concat_elu cache, or None if unread.
+    """Per node, the (slots, channels) of its raw and its concat_elu cache, or None if unread.
 
     Only caches something reads exist, unless ``keep_raw`` keeps every raw activation. Times the
     batch size and the element size, this is the sampler's memory.
@@ -101,15 +104,15 @@ def cache_shapes(plan: Plan, *, keep_raw: bool = False) -> list[tuple[CacheShape
             read_raw.add(node.residual)
     return [
         (
-            (n.size[0] * n.size[1] + 1, n.channels) if i in read_raw else None,
-            (n.size[0] * n.size[1] + 1, 2 * n.channels) if i in read_activated else None,
+            (plan.cache_slots(i), n.channels) if i in read_raw else None,
+            (plan.cache_slots(i), 2 * n.channels) if i in read_activated else None,
         )
         for i, n in enumerate(plan.nodes)
     ]
 
 
 def _bind(model: PixelCNNpp, plan: Plan, batch: int, *, keep_raw: bool = False) -> list[_BoundNode]:
-    """Allocate zeroed caches [N + 1, B, C] for a batch and attach the model's current weights."""
+    """Allocate zeroed caches [slots, B, C] for a batch and attach the model's current weights."""
     param = next(model.parameters())
 
     def zeros(shape: CacheShape | None) -> Tensor | None:
@@ -145,12 +148,11 @@ def _bind_term(
 
 
 def _evaluate(node: _BoundNode, call: Invocation) -> None:
-    """Compute ``node`` at ``call.positions`` from its sources' caches and store it in its caches."""
-    positions = call.positions
-    n, batch = positions.numel(), node.terms[0].sources[0].shape[1]
+    """Compute ``node`` at ``call``'s positions from its sources' caches and store it in its caches."""
+    n, batch = call.writes.numel(), node.terms[0].sources[0].shape[1]
     total: Tensor | None = None
-    for term, gather in zip(node.terms, call.gathers):
-        parts = [source.index_select(0, gather) for source in term.sources]  # each [n * K, B, C_s]
+    for term, gathers in zip(node.terms, call.gathers):
+        parts = [src.index_select(0, g) for src, g in zip(term.sources, gathers)]  # each [n * K, B, C_s]
         patches = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         if term.taps > 1:  # [n, K, B, C] -> [n, B, K, C]: one row per (position, image)
             patches = patches.view(n, term.taps, batch, -1).transpose(1, 2)
@@ -160,12 +162,12 @@ def _evaluate(node: _BoundNode, call: Invocation) -> None:
     assert total is not None
     if node.residual is not None:  # x + a * sigmoid(b), as GatedResnet
         a, b = total.chunk(2, dim=1)
-        total = node.residual.index_select(0, positions).view(n * batch, -1) + a * torch.sigmoid(b)
+        total = node.residual.index_select(0, call.residual).view(n * batch, -1) + a * torch.sigmoid(b)
     out = total.view(n, batch, -1)
     if node.raw is not None:
-        node.raw.index_copy_(0, positions, out)
+        node.raw.index_copy_(0, call.writes, out)
     if node.activated is not None:
-        node.activated.index_copy_(0, positions, F.elu(torch.cat([out, -out], dim=2)))
+        node.activated.index_copy_(0, call.writes, F.elu(torch.cat([out, -out], dim=2)))
 
 
 def _run_step(bound: list[_BoundNode], plan: Plan, step: int) -> None:
@@ -188,20 +190,27 @@ def sample_cached(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor, *, progress: 
     [B,C,H,W] on the model's device. Runs in the model's dtype: bit for bit the naive images in
     float64, up to rare rounding flips in float32 (module docstring).
     """
+    return run_plan(model, build_plan(model.config, model.device), mix_u, pix_u, progress=progress)
+
+
+def run_plan(
+    model: PixelCNNpp, plan: Plan, mix_u: Tensor, pix_u: Tensor, *, progress: bool = False
+) -> Tensor:
+    """``sample_cached`` with an explicit plan (e.g. one without ring caches)."""
     check_noise(model, mix_u, pix_u)
     device, cfg = model.device, model.config
     batch, pixels, channels = mix_u.shape[0], cfg.image_size**2, cfg.in_channels
     mix_u = mix_u.to(device).reshape(batch, pixels, -1)  # raster order: [B, N, K]
     pix_u = pix_u.to(device).reshape(batch, pixels, -1)  # [B, N, C]
-    plan = build_plan(cfg, device)
     with eval_no_grad(model):
         bound = _bind(model, plan, batch)
         canvas = _input_canvas(bound, channels)
-        params = bound[plan.output].raw  # [N + 1, B, P]
+        params = bound[plan.output].raw  # [slots, B, P]
+        param_slots = plan.slots[plan.output].tolist()  # pixel -> slot in the output's ring
         for step in tqdm(range(pixels), disable=not progress, desc="cached sampling", unit="px"):
             _run_step(bound, plan, step)
-            pixel = lm.sample_pixels(params[step], mix_u[:, step], pix_u[:, step])  # uint8 [B, C]
-            canvas[step, :, :channels] = lm.to_unit_range(pixel)
+            pixel = lm.sample_pixels(params[param_slots[step]], mix_u[:, step], pix_u[:, step])  # [B, C]
+            canvas[step, :, :channels] = lm.to_unit_range(pixel)  # the canvas keeps every row
     image = canvas[:-1, :, :channels].reshape(cfg.image_size, cfg.image_size, batch, channels)
     return lm.to_uint8(image.permute(2, 3, 0, 1))
 
@@ -215,7 +224,7 @@ def scheduled_activations(model: PixelCNNpp, images: Tensor) -> dict[str, Tensor
     """
     cfg = model.config
     model._check_shape(images)
-    plan = build_plan(cfg, model.device)
+    plan = build_plan(cfg, model.device, ring=False)
     with eval_no_grad(model):
         bound = _bind(model, plan, images.shape[0], keep_raw=True)
         canvas = _input_canvas(bound, cfg.in_channels)
