@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sam.add_argument("--batch-sizes", type=_ints, default=[1, 16, 64, 256])
     sam.add_argument("--naive-steps", type=int, default=2,
                      help="full forward passes timed per batch size; naive cost = that x H*W (0 skips)")
-    sam.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sam.add_argument("--threads", type=int, default=1,
+                     help="torch intra-op threads (default 1: extra threads stall when another process holds a core)")
     sam.set_defaults(handler=run_bench_sampler, json=True)
 
     gen = bench.add_parser("generate", help="sharded generation throughput with 1 and 2 Ray workers")
