@@ -23,7 +23,7 @@ KIND_SECTIONS = {"pixelcnnpp": "pixelcnn", "vae": "vae"}
 
 
 def bench_generate(*, preset: str = "demo", kind: str = "pixelcnnpp", sampler: str | None = None,
-                   num_samples: int = 256, shard_size: int = 32, batch_size: int = 32,
+                   num_samples: int = 1024, shard_size: int = 128, batch_size: int = 64,
                    worker_counts: tuple[int, ...] = (1, 2), seed: int = 0) -> dict[str, Any]:
     """Generate the same set with each worker count; report samples/s and speed-ups."""
     config = section(load_preset(preset), KIND_SECTIONS[kind])

@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--preset", default="demo", choices=tuple(PRESETS))
     gen.add_argument("--model", default="pixelcnnpp", choices=("pixelcnnpp", "vae"))
     gen.add_argument("--sampler", default=None)
-    gen.add_argument("--num-samples", type=int, default=256)
-    gen.add_argument("--shard-size", type=int, default=32)
-    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--num-samples", type=int, default=1024)
+    gen.add_argument("--shard-size", type=int, default=128)
+    gen.add_argument("--batch-size", type=int, default=64)
     gen.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts to compare (default 1,2)")
     gen.set_defaults(handler=run_bench_generate, json=True)
 
