@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv data demo test test-slow bench clean
+.PHONY: venv data demo test clean
 
 venv: $(STAMP)
 
@@ -36,9 +36,6 @@ demo: venv data
 
 test: venv data
 	$(BIN)/python -m pytest -q
-
-test-slow: venv data
-	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf runs mlflow.db .pytest_cache
