@@ -81,8 +81,3 @@ def existing_shard(directory: str | Path, plan: GenerationPlan, index: int,
         return None
     return ShardInfo(file=path.name, rows=table.num_rows, sha256=sha256_file(path),
                      min_id=int(ids[0]), max_id=int(ids[-1]))
-
-
-def model_shape(model: nn.Module) -> tuple[int, int, int]:
-    cfg = model.config
-    return (cfg.in_channels, cfg.image_size, cfg.image_size)

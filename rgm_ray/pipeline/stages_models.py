@@ -71,12 +71,11 @@ def stage_train(ctx: Context, tracker: Tracker, name: str) -> dict[str, Any]:
             shutil.copytree(source, run)
         origin = f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
     else:
-        data = ctx.config("data")
-        model_config = ctx.config(name)
-        train_config = ctx.config(f"train_{name}")
-        torch.manual_seed(train_config.seed)
-        model = build_model(GENERATOR_KINDS[name], model_config.to_dict())
-        if not (run / METRICS_JSON).is_file():
+        if not (run / METRICS_JSON).is_file():  # absent until training finished; train() resumes
+            data = ctx.config("data")
+            train_config = ctx.config(f"train_{name}")
+            torch.manual_seed(train_config.seed)  # the initial weights are part of the run's seed
+            model = build_model(GENERATOR_KINDS[name], ctx.config(name).to_dict())
             train(model, load_dataset(data["dataset"], "train", data["root"]).images,
                   load_dataset(data["dataset"], "test", data["root"]).images, train_config, run,
                   meta={"dataset": data["dataset"], "preset": ctx.preset_name}, tracker=tracker)
