@@ -8,8 +8,10 @@ CPU. Ray is started locally when no cluster address is given (inside ``ray job s
 from __future__ import annotations
 
 import logging
+import math
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -52,3 +54,59 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
     ray.init(address=address, **kwargs)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where and how wide a stage runs on Ray; none of this changes any result.
+
+    ``workers=None`` fills the cluster. ``cpus_per_worker`` may be fractional (Ray Data scorers take
+    0.5 so the read tasks keep a CPU), and ``gpus_per_worker > 0`` puts every worker on a GPU.
+    """
+
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    address: str | None = None  # None: local Ray (or $RAY_ADDRESS inside a Ray job)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers <= 0):
+            raise ValueError(f"workers must be a positive int, got {self.workers!r}")
+        if not self.cpus_per_worker > 0 or not self.gpus_per_worker >= 0:
+            raise ValueError(f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got {self}")
+
+    @property
+    def device(self) -> str:
+        """The torch device of a worker."""
+        return "cuda" if self.gpus_per_worker > 0 else "cpu"
+
+    @property
+    def threads(self) -> int:
+        """Torch intra-op threads of a worker: one per whole CPU it holds."""
+        return max(1, int(self.cpus_per_worker))
+
+
+def worker_count(cluster: ClusterOptions, resources: Mapping[str, float], *, pending: int | None = None,
+                 reserve_cpu: bool = False) -> int:
+    """How many workers of ``cluster``'s size to start on a cluster with ``resources``.
+
+    ``resources`` is ``ray.cluster_resources()``. ``reserve_cpu`` keeps one CPU (half of a one-CPU
+    cluster) free for Ray Data's read tasks: an actor pool holding every CPU hangs without a message
+    (ray issue 44687), so such a pool is refused. ``pending`` caps the count at the work available.
+    """
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    budget = cpus - min(1.0, cpus / 2) if reserve_cpu else cpus
+    fits = math.floor(budget / cluster.cpus_per_worker + 1e-9)
+    if cluster.gpus_per_worker > 0:
+        if gpus < cluster.gpus_per_worker:
+            raise ValueError(f"--gpus-per-worker {cluster.gpus_per_worker:g} but the cluster has {gpus:g} GPU(s)")
+        fits = min(fits, math.floor(gpus / cluster.gpus_per_worker + 1e-9))
+    workers = cluster.workers or max(fits, 1)
+    if reserve_cpu and workers > fits:
+        raise ValueError(
+            f"{workers} worker(s) x {cluster.cpus_per_worker:g} CPU"
+            + (f" x {cluster.gpus_per_worker:g} GPU" if cluster.gpus_per_worker else "")
+            + f" do not fit in {cpus:g} CPU(s) / {gpus:g} GPU(s) while leaving {cpus - budget:g} CPU for Ray Data's "
+            "read tasks (an actor pool holding every CPU hangs); use fewer --workers or a smaller --cpus-per-worker")
+    return workers if pending is None or cluster.workers else max(1, min(workers, pending))

@@ -258,7 +258,7 @@ def test_rayjob_entrypoint_runs_full_pipeline_module(entrypoint):
 
 
 def test_rayjob_entrypoint_preset_and_overrides_are_valid(entrypoint):
-    from rgm_ray.presets import load_preset
+    from rgm_ray.pipeline.presets import load_preset
 
     preset = load_preset(option_values(entrypoint, "--preset")[0], option_values(entrypoint, "--set"))
     assert preset["data"]["dataset"] == "cifar10"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import socket
 
 import numpy as np
@@ -310,8 +309,8 @@ def test_cli_end_to_end(domain_ckpt, fm_train, tmp_path, tracking_uri):
     _write_set(tmp_path / "resampled", fm_train.images[1000:1050], source="test:resampled",
                **{COPIES: np.full(50, 2)})  # 100 images with replacement
     out = tmp_path / "eval"
-    shutil.copytree(domain_ckpt, out / "domain")  # reused: no --domain-checkpoint, nothing trained
-    summary = _run_cli(["evaluate", "--real", "fashion-mnist", "--set", f"plain={plain}",
+    summary = _run_cli(["evaluate", "--real", "fashion-mnist", "--domain-checkpoint", str(domain_ckpt),
+                        "--set", f"plain={plain}",
                         "--set", f"weighted={tmp_path / 'weighted'}", "--set", f"resampled={tmp_path / 'resampled'}",
                         "--k", "100", "--runs", "2", "--uniform-k", "--weighted-fid", "--kid-subsets",
                         str(KID_SUBSETS), "--seed", "1", "--out", str(out)])

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from rgm_ray.cli.main import main
-from rgm_ray.generate import ClusterOptions, PlanMismatchError, draw, generate_sample_set, make_plan
+from rgm_ray.generate import ClusterOptions, PlanMismatchError, generate_sample_set, make_plan
 from rgm_ray.models.checkpoint import load_checkpoint, save_checkpoint
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
+from rgm_ray.models.registry import family_for_kind
 from rgm_ray.models.vae import VAE, VAEConfig
 from rgm_ray.store import SampleSet, verify_sample_set
 
@@ -104,7 +105,7 @@ def test_killed_worker_loses_only_its_inflight_shard(ray_local, pixelcnn_ckpt, t
     shard = killed[0]
     model = load_checkpoint(pixelcnn_ckpt)
     plan = make_plan(pixelcnn_ckpt, num_samples=48, shard_size=6, seed=7, sampler="naive")
-    expected = draw(model, 6, seed=plan.shard_seed(shard), batch_size=6, sampler="naive")
+    expected = family_for_kind(model.kind).draw(model, 6, seed=plan.shard_seed(shard), batch_size=6, sampler="naive")
     np.testing.assert_array_equal(data["image"][shard * 6:(shard + 1) * 6], expected)
 
 

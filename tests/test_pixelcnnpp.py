@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from rgm_ray.data import load_dataset
 from rgm_ray.models import logistic_mixture as lm
-from rgm_ray.models.pixelcnnpp import (
-    SAMPLERS,
-    PixelCNNpp,
-    PixelCNNppConfig,
-    bits_per_dim,
-    draw_sampling_noise,
-    sample_naive,
-)
+from rgm_ray.models import pixelcnnpp
+from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig, bits_per_dim
 from rgm_ray.models.pixelcnnpp_layers import DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d
+from rgm_ray.models.pixelcnnpp_noise import draw_sampling_noise
+from rgm_ray.models.pixelcnnpp_sampling import SAMPLERS, sample_naive, sample_pixelcnnpp
 
 
 
@@ -177,11 +175,11 @@ def test_sampling_noise_contract():
 
 def test_samples_deterministic_batch_independent_and_mode_restored():
     model = tiny_model(3, 8, dropout=0.5).train()
-    first = model.sample(3, seed=11, batch_size=3)
+    first = sample_pixelcnnpp(model, 3, seed=11, batch_size=3)
     assert model.training, "sampling must restore the training mode"
     assert first.dtype == torch.uint8 and first.shape == (3, 3, 8, 8)
-    assert torch.equal(first, model.sample(3, seed=11, batch_size=1))
-    assert not torch.equal(first, model.sample(3, seed=12, batch_size=3))
+    assert torch.equal(first, sample_pixelcnnpp(model, 3, seed=11, batch_size=1))
+    assert not torch.equal(first, sample_pixelcnnpp(model, 3, seed=12, batch_size=3))
     assert len(torch.unique(first)) > 10, "samples should not collapse to a constant"
 
 
@@ -189,7 +187,7 @@ def test_naive_samples_are_consistent_with_the_network_and_the_noise():
     """Teacher-forcing the finished samples reproduces them: each pixel is the mixture draw, from its
     own noise, under the parameters the network gives for the pixels before it."""
     model = tiny_model(3, 8).eval()
-    images = model.sample(2, seed=3)
+    images = sample_pixelcnnpp(model, 2, seed=3)
     mix_u, pix_u = draw_sampling_noise(2, model.config, seed=3)
     with torch.no_grad():
         params = model(lm.to_unit_range(images))  # [B,P,H,W]
@@ -200,9 +198,18 @@ def test_naive_samples_are_consistent_with_the_network_and_the_noise():
 
 def test_single_channel_sampling_and_unknown_sampler():
     model = tiny_model(1, 8)
-    assert model.sample(2, seed=0, batch_size=2).shape == (2, 1, 8, 8)
+    assert sample_pixelcnnpp(model, 2, seed=0, batch_size=2).shape == (2, 1, 8, 8)
     assert "naive" in SAMPLERS and SAMPLERS["naive"] is sample_naive
     with pytest.raises(ValueError, match=r"known samplers: \['cached', 'naive'\]"):
-        model.sample(1, seed=0, sampler="cached-typo")
+        sample_pixelcnnpp(model, 1, seed=0, sampler="cached-typo")
     with pytest.raises(ValueError, match="do not fit"):
         sample_naive(model, torch.rand(1, 8, 8, 4), torch.rand(1, 8, 8, 1))
+
+
+def test_the_network_module_imports_no_sampler():
+    """Sampling sits on top of the network: ``pixelcnnpp`` imports none of its samplers, not even lazily."""
+    tree = ast.parse(Path(pixelcnnpp.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.startswith("rgm_ray.models.pixelcnnpp_")} - {
+        "rgm_ray.models.pixelcnnpp_layers"}

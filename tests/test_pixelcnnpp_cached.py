@@ -25,15 +25,8 @@ from rgm_ray.bench.sampler import (
 )
 from rgm_ray.data import load_dataset
 from rgm_ray.models import logistic_mixture as lm
-from rgm_ray.models import pixelcnnpp
-from rgm_ray.models.pixelcnnpp import (
-    SAMPLERS,
-    PixelCNNpp,
-    PixelCNNppConfig,
-    draw_sampling_noise,
-    eval_no_grad,
-    sample_naive,
-)
+from rgm_ray.models import pixelcnnpp_cached
+from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig, eval_no_grad
 from rgm_ray.models.pixelcnnpp_cache_graph import layer_table
 from rgm_ray.models.pixelcnnpp_cache_plan import build_plan, check_schedule
 from rgm_ray.models.pixelcnnpp_cache_tables import conv_table
@@ -54,7 +47,9 @@ from rgm_ray.models.pixelcnnpp_layers import (
     down_shift,
     right_shift,
 )
-from rgm_ray.presets import load_preset, section
+from rgm_ray.models.pixelcnnpp_noise import draw_sampling_noise
+from rgm_ray.models.pixelcnnpp_sampling import SAMPLERS, sample_naive, sample_pixelcnnpp
+from rgm_ray.pipeline.presets import load_preset, section
 from rgm_ray.seeding import torch_generator
 
 
@@ -267,7 +262,7 @@ def test_scheduled_activations_equal_the_full_forward_pass_layer_by_layer(channe
 def test_cached_samples_are_the_naive_samples(channels, size, nr_resnet, batch_size):
     """Checked through the naive sampler's fixed point (one forward pass instead of H*W)."""
     model = random_model(channels, size, nr_resnet, seed=4).double()
-    images = model.sample(batch_size, seed=5, batch_size=batch_size, sampler="cached")
+    images = sample_pixelcnnpp(model, batch_size, seed=5, batch_size=batch_size, sampler="cached")
     assert images.dtype == torch.uint8 and images.shape == (batch_size, channels, size, size)
     assert len(torch.unique(images)) > 20, "samples should not collapse"
     assert_naive_fixed_point(model, images, seed=5, batch_size=batch_size)
@@ -300,14 +295,14 @@ def test_trained_tiny_model_cached_equals_naive():
     assert losses[-1] < losses[0] - 0.5, f"the model should have learned something: {losses}"
 
     # float32, as in production: only draws that float rounding moves across a boundary differ.
-    samples = model.sample(4, seed=9, batch_size=4, sampler="cached")
+    samples = sample_pixelcnnpp(model, 4, seed=9, batch_size=4, sampler="cached")
     differing = (naive_redraw(model, samples, seed=9) != samples.permute(0, 2, 3, 1)).any(dim=-1)
     assert differing.float().mean().item() < 1e-3
 
     model.double()  # bit for bit: against the naive sampler run, and its fixed point at batch sizes 2, 1
     mix_u, pix_u = draw_sampling_noise(1, config, seed=10)
     assert torch.equal(sample_cached(model, mix_u, pix_u), sample_naive(model, mix_u, pix_u))
-    samples = model.sample(3, seed=10, batch_size=2, sampler="cached")
+    samples = sample_pixelcnnpp(model, 3, seed=10, batch_size=2, sampler="cached")
     assert_naive_fixed_point(model, samples, seed=10, batch_size=2)
 
 
@@ -317,14 +312,14 @@ def test_trained_tiny_model_cached_equals_naive():
 def test_cached_sampler_is_deterministic_batch_independent_and_registered():
     model = random_model(3, 12, 1, seed=10)
     model.train()
-    first = model.sample(4, seed=11, batch_size=4, sampler="cached")
+    first = sample_pixelcnnpp(model, 4, seed=11, batch_size=4, sampler="cached")
     assert model.training, "sampling must restore the training mode"
-    assert first.shape == (4, 3, 12, 12) and SAMPLERS["cached"] is pixelcnnpp.sample_cached
-    assert torch.equal(first, model.sample(4, seed=11, batch_size=4, sampler="cached"))
-    assert not torch.equal(first, model.sample(4, seed=12, batch_size=4, sampler="cached"))
+    assert first.shape == (4, 3, 12, 12) and SAMPLERS["cached"] is pixelcnnpp_cached.sample_cached
+    assert torch.equal(first, sample_pixelcnnpp(model, 4, seed=11, batch_size=4, sampler="cached"))
+    assert not torch.equal(first, sample_pixelcnnpp(model, 4, seed=12, batch_size=4, sampler="cached"))
     model.double()  # batch-size independence is exact in float64 (see above)
-    reference = model.sample(4, seed=11, batch_size=4, sampler="cached")
-    assert torch.equal(reference, model.sample(4, seed=11, batch_size=3, sampler="cached"))
+    reference = sample_pixelcnnpp(model, 4, seed=11, batch_size=4, sampler="cached")
+    assert torch.equal(reference, sample_pixelcnnpp(model, 4, seed=11, batch_size=3, sampler="cached"))
     with pytest.raises(ValueError, match="do not fit"):
         sample_cached(model, torch.rand(1, 12, 12, 4), torch.rand(1, 12, 12, 3))
 

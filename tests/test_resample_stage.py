@@ -19,11 +19,17 @@ from rgm_ray.bench.resample import bench_resample
 from rgm_ray.cli import cmd_resample
 from rgm_ray.cli import main as cli_main
 from rgm_ray.resample import gumbel_top_k
+from rgm_ray.resample import topk_merge
+from rgm_ray.resample.alpha_search import search_alpha
+from rgm_ray.resample.config import ResampleConfig
+from rgm_ray.resample.log_sums import LogSums
 from rgm_ray.resample.multinomial import multinomial_within_shard, split_counts_across_shards
-from rgm_ray.resample.sharded import (LogSums, RadixSelect, TopKMerger, WeightTransform, lerp, quantile_ranks,
-                                      search_alpha, shard_candidates, shard_digit_counts, shard_rows)
-from rgm_ray.resample import stage
-from rgm_ray.resample.stage import ResampleConfig, resample_sample_set, select
+from rgm_ray.resample.radix_select import RadixSelect, lerp, quantile_ranks, shard_digit_counts
+from rgm_ray.resample.selection import select
+from rgm_ray.resample.shard_io import shard_rows
+from rgm_ray.resample.stage import resample_sample_set
+from rgm_ray.resample.topk_merge import TopKMerger, shard_candidates
+from rgm_ray.resample.weight_transform import WeightTransform
 from rgm_ray.store import SampleSet, SampleSetWriter, decode_images, make_table, verify_sample_set
 from rgm_ray.weigh.transforms import (alpha_for_target_ess, clip, effective_sample_size, flatten,
                                       log_total_weight, max_normalized_weight)
@@ -218,7 +224,7 @@ def test_selection_equals_gumbel_top_k_for_two_shardings(ray_local, sets, pool, 
 def test_shards_holding_the_heavy_rows_are_requeried(ray_local, sets, pool, monkeypatch):
     """All the heaviest rows in shard 0: asked for twice its share by row count (70 of 150 rows), it
     holds back winners, so it must be asked again."""
-    monkeypatch.setattr(stage, "REQUEST_SLACK", 0)
+    monkeypatch.setattr(topk_merge, "REQUEST_SLACK", 0)
     selection = select(sets["by_weight"], ResampleConfig(k=140, seed=SEED))
     assert selection.requeried >= 1 and selection.passes == 2
     np.testing.assert_array_equal(selection.ids, reference(pool, 140, SEED))

@@ -9,7 +9,7 @@ from rgm_ray.models.checkpoint import (CheckpointError, build_model, checkpoint_
                                        save_checkpoint)
 from rgm_ray.models.training import TrainConfig, train
 from rgm_ray.models.vae import VAE, VAEConfig
-from rgm_ray.presets import PRESETS, load_preset, section
+from rgm_ray.pipeline.presets import PRESETS, load_preset, section
 
 
 def _tiny_vae():

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from rgm_ray.models.checkpoint import save_checkpoint
+from rgm_ray.models.checkpoint import WEIGHTS_FILE, checkpoint_digest, read_checkpoint_config, save_checkpoint
+from rgm_ray.models.domain import DEFAULT_DOMAIN, DomainConfig, ensure_domain
+from rgm_ray.models.extractors import FeatureExtractorSpec, build_feature_extractor
 from rgm_ray.models.resnet import ResNet, ResNetConfig
+from rgm_ray.models.vae import VAE, VAEConfig
 from rgm_ray.store import IMAGE, SAMPLE_ID
-from rgm_ray.weigh.backbones import BackboneSpec
+from rgm_ray.tracking import NullTracker
+from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
 from rgm_ray.weigh.calibration import (TEMPERATURE_BOUNDS, accuracy, brier_score, calibration_metrics,
                                        expected_calibration_error, fit_temperature, log_loss, reliability_curve,
                                        roc_auc, sigmoid)
 from rgm_ray.weigh.classifier import ConvHead, HeadConfig, MLPHead, build_head, train_head
 from rgm_ray.weigh.crossfit import GENERATED, REAL, assign_folds, plan_crossfit
-from rgm_ray.weigh.inputs import ImagePool, check_compatible, noise_images
+from rgm_ray.weigh.inputs import ImagePool, check_compatible, noise_images, open_real
 from rgm_ray.weigh.scoring import LogWeightScorer, ScoringOptions, decode_image_values, resolve_workers
-from rgm_ray.weigh.stage import WeighConfig
+from rgm_ray.weigh.stage import DOMAIN_DIR, WeighConfig, _resolve_backbone
 from rgm_ray.weigh.weigher import WeigherConfig, load_weigher, save_weigher
 
 
@@ -156,10 +161,69 @@ def test_backbone_and_config_validation(tmp_path):
         BackboneSpec("inception", str(junk))
     with pytest.raises(ValueError, match="unknown backbone"):
         BackboneSpec("vgg")
+    with pytest.raises(ValueError, match="takes no weights path"):
+        BackboneSpec("cnn", str(junk))
     with pytest.raises(ValueError, match="only applies to --backbone domain"):
         WeighConfig(backbone="cnn", domain_checkpoint="x")
     with pytest.raises(ValueError, match="calibration must be one of"):
         WeighConfig(calibration="isotonic")
+
+
+def test_backbones_are_the_shared_feature_extractors_or_the_pixels(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "domain", ResNet(ResNetConfig(in_channels=1, num_classes=10), seed=0),
+                                 meta={"dataset": "fashion-mnist"})
+    domain = BackboneSpec("domain", str(checkpoint))
+    assert domain.extractor == FeatureExtractorSpec("domain", str(checkpoint)) and domain.frozen_features
+    assert domain.to_dict() == {"kind": "domain", "path": str(checkpoint)}  # weigher.json, reports: unchanged
+    assert BackboneSpec.from_dict(domain.to_dict()) == domain
+    assert domain.digest() == domain.extractor.digest() == checkpoint_digest(checkpoint)
+    pixels = BackboneSpec("cnn")
+    assert pixels.extractor is None and not pixels.frozen_features and pixels.digest() == "pixels"
+    assert pixels.to_dict() == {"kind": "cnn", "path": None}
+    x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(build_backbone(domain)(x), build_feature_extractor(domain.extractor)(x))
+        assert build_backbone(domain)(x).shape == (3, 64) and torch.equal(build_backbone(pixels)(x), x)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        build_backbone(pixels)(x.float())
+    vae = save_checkpoint(tmp_path / "vae", VAE(VAEConfig(in_channels=1, image_size=28, latent_dim=2,
+                                                          base_channels=4)))
+    with pytest.raises(ValueError, match="a 'vae' checkpoint, not a domain ResNet"):
+        BackboneSpec("domain", str(vae))
+    with pytest.raises(ValueError, match="needs a domain ResNet checkpoint directory"):
+        FeatureExtractorSpec("domain", None)
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        FeatureExtractorSpec("cnn", None)  # the pixel pseudo-backbone is weigh's, not a feature extractor
+
+
+def test_ensure_domain_reuses_only_a_checkpoint_of_the_same_dataset_and_config(tmp_path):
+    assert DEFAULT_DOMAIN == DomainConfig(epochs=1, batch_size=128, train_images=6400)  # weigh's historic default
+    tiny = DomainConfig(epochs=1, batch_size=32, train_images=64, test_images=32)
+    out = tmp_path / "domain"
+    first = ensure_domain("fashion-mnist", out, tiny)
+    assert first.trained and first.path == out and first.metrics["train_images"] == 64
+    weights = (out / WEIGHTS_FILE).read_bytes()
+    again = ensure_domain("fashion-mnist", out, tiny)
+    assert not again.trained and again.metrics == first.metrics and (out / WEIGHTS_FILE).read_bytes() == weights
+    reseeded = ensure_domain("fashion-mnist", out, dataclasses.replace(tiny, seed=1))
+    assert reseeded.trained and read_checkpoint_config(out)["domain_config"]["seed"] == 1
+    other = save_checkpoint(tmp_path / "other", ResNet(ResNetConfig(in_channels=1, num_classes=10), seed=0),
+                            meta={"dataset": "cifar10", "domain_config": dataclasses.asdict(tiny)})
+    assert ensure_domain("fashion-mnist", other, tiny).trained  # same config, other dataset: retrained
+    assert read_checkpoint_config(other)["dataset"] == "fashion-mnist"
+
+
+def test_the_stage_trains_or_reuses_its_domain_backbone_and_drops_its_rows(tmp_path):
+    config = WeighConfig(domain=DomainConfig(epochs=1, batch_size=32, train_images=64, test_images=32))
+    real = open_real("fashion-mnist")
+    context = dict(root=None, device=torch.device("cpu"), tracker=NullTracker(), progress=None)
+    spec, kept, notes = _resolve_backbone(config, real, tmp_path, **context)
+    assert spec == BackboneSpec("domain", str(tmp_path / DOMAIN_DIR))
+    assert notes[0].startswith(f"trained the domain backbone into {tmp_path / DOMAIN_DIR}")
+    assert notes[1] == "excluded the 64 real images the domain backbone was trained on"
+    assert kept.ids[0] == 64 and len(kept) == len(real) - 64
+    _, _, notes = _resolve_backbone(config, real, tmp_path, **context)
+    assert notes[0] == f"reused the domain backbone in {tmp_path / DOMAIN_DIR}"
 
 
 def test_worker_pool_must_leave_a_cpu_for_reads():

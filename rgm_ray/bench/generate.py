@@ -16,24 +16,24 @@ import torch
 from rgm_ray.bench.machine import machine_info
 from rgm_ray.generate import ClusterOptions, generate_sample_set, make_plan
 from rgm_ray.models.checkpoint import build_model, save_checkpoint
-from rgm_ray.presets import load_preset, section
+from rgm_ray.models.registry import get_family
+from rgm_ray.pipeline.presets import load_preset, section
 from rgm_ray.store import read_manifest
 
-KIND_SECTIONS = {"pixelcnnpp": "pixelcnn", "vae": "vae"}
 
-
-def bench_generate(*, preset: str = "demo", kind: str = "pixelcnnpp", sampler: str | None = None,
+def bench_generate(*, preset: str = "demo", generator: str = "pixelcnn", sampler: str | None = None,
                    num_samples: int = 1024, shard_size: int = 128, batch_size: int = 64,
                    worker_counts: tuple[int, ...] = (1, 2), seed: int = 0) -> dict[str, Any]:
     """Generate the same set with each worker count; report samples/s and speed-ups."""
-    config = section(load_preset(preset), KIND_SECTIONS[kind])
+    family = get_family(generator)
+    config = section(load_preset(preset), family.preset_section)
     torch.manual_seed(seed)
-    results: dict[str, Any] = {"preset": preset, "kind": kind, "model_config": config.to_dict(),
+    results: dict[str, Any] = {"preset": preset, "kind": family.kind, "model_config": config.to_dict(),
                                "num_samples": num_samples, "shard_size": shard_size, "batch_size": batch_size,
                                "weights": "random initialisation (throughput does not depend on training)",
                                "machine": machine_info(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="rgm-bench-generate-") as tmp:
-        ckpt = save_checkpoint(Path(tmp) / "ckpt", build_model(kind, config.to_dict()))
+        ckpt = save_checkpoint(Path(tmp) / "ckpt", build_model(family.kind, config.to_dict()))
         plan = make_plan(ckpt, num_samples=num_samples, shard_size=shard_size, seed=seed, sampler=sampler)
         results["sampler"] = plan.sampler
         hashes = []

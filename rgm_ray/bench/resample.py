@@ -3,7 +3,7 @@
 Part 1 (in process): ``gumbel_top_k`` against ``Generator.choice(N, k, replace=False, p=w̃)`` on the
 same log-weights (normalising them into ``p`` is counted in NumPy's time; both are best of
 ``REPEATS``). Part 2 (on disk): N log-weights in Parquet shards (a real sample set whose images are a
-single byte, so disk holds mostly ids and weights), selected by ``resample.stage.select`` on local
+single byte, so disk holds mostly ids and weights), selected by ``resample.selection.select`` on local
 Ray, with the time to merely read the ``log_weight`` column (and ``sample_id`` + ``log_weight``, what
 the selection reads) through the same tasks beside it.
 
@@ -27,7 +27,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from rgm_ray.resample import gumbel_top_k
-from rgm_ray.resample.stage import ResampleConfig, ShardRunner, select
+from rgm_ray.resample.config import ResampleConfig
+from rgm_ray.resample.selection import select
+from rgm_ray.resample.shard_pool import ShardRunner
 from rgm_ray.runtime import init_ray
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store import LOG_WEIGHT, SAMPLE_ID, SampleSet, finish_sample_set, make_table, write_shard
@@ -163,30 +165,28 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _proc_kib_field(pid: int, file: str, field: str) -> int:
+    """The ``<field> N kB`` line of ``/proc/<pid>/<file>``, in bytes; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{file}") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _pss(pid: int) -> int:
     """Proportional set size: shared pages (e.g. torch's libraries) divided among their sharers.
 
     Reading it costs ~20 ms for a process that loaded torch, far too much to poll on 2 cores.
     """
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib_field(pid, "smaps_rollup", "Pss:")
 
 
 def _hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib_field(pid, "status", "VmHWM:")
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -18,12 +18,13 @@ from rgm_ray.bench.machine import machine_info
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig, eval_no_grad
 from rgm_ray.models.pixelcnnpp_cache_plan import build_plan
 from rgm_ray.models.pixelcnnpp_cached import cache_shapes
+from rgm_ray.models.pixelcnnpp_sampling import sample_pixelcnnpp
 
 PROJECTION_IMAGES = 150_000  # the thesis's generated set per model
 METHOD = {
     "naive": "mean wall time of `naive_steps` full forward passes at the batch size (after one warm-up "
     "pass), times H*W: the naive sampler runs one full forward pass per pixel",
-    "cached": "wall time of model.sample(..., sampler='cached') for `cached_images` images at the batch "
+    "cached": "wall time of sample_pixelcnnpp(..., sampler='cached') for `cached_images` images at the batch "
     "size, end to end (noise, every step, pixel draws); the per-config plan is built beforehand "
     "(plan_build_seconds)",
     "speedup": "naive seconds per image / cached seconds per image",
@@ -135,7 +136,7 @@ def bench_sampler(
             row.update(naive_forward_seconds=forward, naive_images_per_second=1.0 / naive_per_image)
         count = cached_images or batch
         start = time.perf_counter()
-        model.sample(count, seed=seed, batch_size=batch, sampler="cached")
+        sample_pixelcnnpp(model, count, seed=seed, batch_size=batch, sampler="cached")
         cached = time.perf_counter() - start
         cached_per_image = cached / count
         row.update(

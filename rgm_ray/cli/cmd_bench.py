@@ -6,9 +6,12 @@ Speed targets live here, never in timed unit tests.
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from typing import Any
 
-from rgm_ray.presets import PRESETS
+from rgm_ray.models.registry import GENERATOR_NAMES, parse_generator_name
+from rgm_ray.pipeline.presets import PRESETS
 
 
 def _ints(text: str) -> list[int]:
@@ -19,6 +22,19 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _generator_name(text: str) -> str:
+    """A generator's public name; an old spelling still works, with a one-line note on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        try:
+            name = parse_generator_name(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    for warning in caught:
+        print(f"rgm bench generate: note: {warning.message}", file=sys.stderr)
+    return name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     gen = bench.add_parser("generate", help="sharded generation throughput with 1 and 2 Ray workers")
     gen.add_argument("--preset", default="demo", choices=tuple(PRESETS))
-    gen.add_argument("--model", default="pixelcnnpp", choices=("pixelcnnpp", "vae"))
+    gen.add_argument("--model", default="pixelcnn", type=_generator_name, metavar=f"{{{','.join(GENERATOR_NAMES)}}}",
+                     help="generator (default: pixelcnn)")
     gen.add_argument("--sampler", default=None)
     gen.add_argument("--num-samples", type=int, default=1024)
     gen.add_argument("--shard-size", type=int, default=128)
@@ -59,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.generate import bench_generate
 
-    return bench_generate(preset=args.preset, kind=args.model, sampler=args.sampler,
+    return bench_generate(preset=args.preset, generator=args.model, sampler=args.sampler,
                           num_samples=args.num_samples, shard_size=args.shard_size,
                           batch_size=args.batch_size, worker_counts=tuple(args.workers))
 
@@ -73,7 +90,7 @@ def run_bench_resample(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.sampler import bench_sampler
-    from rgm_ray.presets import load_preset, section
+    from rgm_ray.pipeline.presets import load_preset, section
     from rgm_ray.runtime import set_torch_threads
 
     set_torch_threads(args.threads)

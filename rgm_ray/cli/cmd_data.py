@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from typing import Any
 
-from rgm_ray.cli.common import UserError, add_common, emit_summary, progress, tracked_run
+from rgm_ray.cli.common import UserError, add_common, command_line, emit_summary, progress, tracked_run
 from rgm_ray.data import DATASET_NAMES, load_dataset
 from rgm_ray.store import export_dataset, verify_sample_set
 from rgm_ray.store.export import DEFAULT_SHARD_SIZE
@@ -38,7 +36,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     params = {"dataset": args.dataset, "split": args.split, "out": args.out, "shard_size": args.shard_size}
     with tracked_run(args, f"export-{args.dataset}-{args.split}", params) as tracker:
         manifest = export_dataset(dataset, args.out, shard_size=args.shard_size, overwrite=args.overwrite,
-                                  command=shlex.join(["rgm", *sys.argv[1:]]),
+                                  command=command_line(),
                                   progress=lambda it: progress(it, desc="export", unit="shard"))
         tracker.log_metrics({"rows": manifest.num_rows, "shards": len(manifest.shards)})
         tracker.log_dict(manifest.to_json(), "manifest.json")

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from dataclasses import asdict
-from typing import Any
 
-from rgm_ray.cli.common import add_common, progress_bar, tracked_run
-from rgm_ray.generate import ClusterOptions, generate_sample_set, make_plan
-from rgm_ray.models.training import CHECKPOINT_DIR
-
-
-def add_cluster_args(parser: argparse.ArgumentParser, *, batch_size: int = 64) -> None:
-    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: fill the cluster)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 1 on a GPU cluster")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address ('auto', 'ray://head:10001'); default: local Ray")
+from rgm_ray.cli.common import (add_cluster_args, add_common, cluster_options, command_line, progress_bar,
+                                tracked_run)
+from rgm_ray.generate import GenerateResult, GenerateSpec, generate_sample_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,30 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default=None,
-                        help="pixelcnnpp: cached (default) | naive; vae: mean (default) | sample")
+                        help="pixelcnn: cached (default) | naive; vae: mean (default) | sample")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
     add_cluster_args(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace a set made with other settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a set made with other settings (only once the new one is complete)")
     add_common(parser)
     parser.set_defaults(handler=run_generate)
 
 
-def resolve_checkpoint(path: str) -> str:
-    """Accept either a checkpoint directory or the ``rgm train`` run directory that holds one."""
-    from pathlib import Path
-
-    candidate = Path(path) / CHECKPOINT_DIR
-    return str(candidate) if (candidate / "config.json").is_file() else path
-
-
-def run_generate(args: argparse.Namespace) -> dict[str, Any]:
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    plan = make_plan(checkpoint, num_samples=args.num_samples, shard_size=args.shard_size, seed=args.seed,
-                     sampler=args.sampler)
-    options = ClusterOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                             gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
-                             address=args.address)
-    params = {**asdict(plan), **asdict(options), "checkpoint": checkpoint, "out": args.out}
-    with tracked_run(args, f"generate-{plan.kind}", params) as tracker:
-        return generate_sample_set(checkpoint, args.out, plan, options, overwrite=args.overwrite,
-                                   tracker=tracker, command=shlex.join(["rgm", *sys.argv[1:]]),
+def run_generate(args: argparse.Namespace) -> GenerateResult:
+    spec = GenerateSpec(checkpoint=args.checkpoint, out=args.out, num_samples=args.num_samples,
+                        shard_size=args.shard_size, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size)
+    cluster = cluster_options(args)
+    plan = spec.plan()
+    with tracked_run(args, f"generate-{plan.kind}", {**asdict(spec), **asdict(plan), **asdict(cluster)}) as tracker:
+        return generate_sample_set(spec, cluster, overwrite=args.overwrite, tracker=tracker, command=command_line(),
                                    progress=progress_bar)

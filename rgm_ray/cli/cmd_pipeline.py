@@ -6,12 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.cli.cmd_generate import add_cluster_args
-from rgm_ray.cli.cmd_train import add_preset_args
-from rgm_ray.generate import ClusterOptions
+from rgm_ray.cli.common import add_cluster_args, add_preset_args, cluster_options
 from rgm_ray.pipeline.context import Context
+from rgm_ray.pipeline.presets import load_preset
 from rgm_ray.pipeline.runner import run_pipeline
-from rgm_ray.presets import load_preset
 from rgm_ray.tracking import default_tracking_uri
 
 
@@ -40,8 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     preset = load_preset(args.preset, args.overrides)
     ctx = Context(preset_name=args.preset, preset=preset, run_dir=Path(args.out),
-                  cluster=ClusterOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                                         gpus_per_worker=args.gpus_per_worker, address=args.address),
+                  cluster=cluster_options(args),
                   track=not args.no_mlflow, retrain=args.retrain, inception_weights=args.inception_weights)
     summary = run_pipeline(ctx, until=args.until)
     report = Path(args.out) / "report.html"

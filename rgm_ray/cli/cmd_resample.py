@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from dataclasses import asdict
-from typing import Any
 
-from rgm_ray.cli.common import add_common, progress_bar, tracked_run
-from rgm_ray.resample.stage import ResampleConfig, resample_sample_set
+from rgm_ray.cli.common import add_common, command_line, progress_bar, tracked_run
+from rgm_ray.resample import ResampleConfig, ResampleResult, ResampleSpec, resample_sample_set
+from rgm_ray.runtime import ClusterOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,13 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_resample)
 
 
-def run_resample(args: argparse.Namespace) -> dict[str, Any]:
+def run_resample(args: argparse.Namespace) -> ResampleResult:
     config = ResampleConfig(k=args.k, seed=args.seed, replacement=args.replacement, alpha=args.alpha,
                             target_ess=args.target_ess, target_ess_tol=args.target_ess_tol,
                             clip_max=args.clip_max, clip_quantile=args.clip_quantile, clip_min=args.clip_min,
                             shard_size=args.shard_size)
+    spec = ResampleSpec(samples=args.samples, out=args.out, config=config)
     params = {**asdict(config), "samples": args.samples, "out": args.out}
     with tracked_run(args, "resample", params) as tracker:
-        return resample_sample_set(args.samples, args.out, config, address=args.address, overwrite=args.overwrite,
-                                   tracker=tracker, command=shlex.join(["rgm", *sys.argv[1:]]),
-                                   progress=progress_bar)
+        return resample_sample_set(spec, ClusterOptions(address=args.address), overwrite=args.overwrite,
+                                   tracker=tracker, command=command_line(), progress=progress_bar)

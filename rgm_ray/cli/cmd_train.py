@@ -6,29 +6,18 @@ import argparse
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from rgm_ray.cli.common import UserError, add_common, progress_bar, tracked_run
-from rgm_ray.data import DATASET_NAMES, load_dataset
-from rgm_ray.models.checkpoint import build_model
-from rgm_ray.models.training import CHECKPOINT_DIR, KEY_TEST_BPD, SAMPLES_PNG, train
-from rgm_ray.presets import PRESETS, load_preset, section
+from rgm_ray.cli.common import UserError, add_common, add_preset_args, progress_bar, tracked_run
+from rgm_ray.data import DATASET_NAMES
+from rgm_ray.models.registry import GENERATOR_NAMES, get_family
+from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
+from rgm_ray.pipeline.presets import load_preset, section
 from rgm_ray.runtime import autodetect_device, set_torch_threads
-
-MODELS = {"pixelcnn": ("pixelcnn", "train_pixelcnn", "pixelcnnpp"), "vae": ("vae", "train_vae", "vae")}
-
-
-def add_preset_args(parser: argparse.ArgumentParser, default: str = "demo") -> None:
-    parser.add_argument("--preset", default=default, choices=tuple(PRESETS), help=f"(default: {default})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a preset field, e.g. --set pixelcnn.nr_filters=64 (repeatable)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a generator (PixelCNN++ or VAE) and checkpoint it")
-    parser.add_argument("model", choices=tuple(MODELS))
+    parser = sub.add_parser("train", help="train a generator and checkpoint it")
+    parser.add_argument("model", choices=GENERATOR_NAMES)
     parser.add_argument("--dataset", choices=DATASET_NAMES, default=None, help="(default: the preset's)")
     parser.add_argument("--root", default=None, help="dataset root (default: the preset's / system path)")
     parser.add_argument("--out", required=True, help="run directory (checkpoint/, samples.png, metrics.json)")
@@ -45,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_train)
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    model_section, train_section, _ = MODELS[args.model]
+def run_train(args: argparse.Namespace) -> TrainResult:
+    family = get_family(args.model)
     overrides = list(args.overrides)
     if args.dataset:
         overrides.append(f"data.dataset={args.dataset}")
@@ -55,31 +44,22 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key in (("epochs", "epochs"), ("max_steps", "max_steps"), ("lr", "lr"),
                       ("batch_size", "batch_size"), ("seed", "seed")):
         if getattr(args, flag) is not None:
-            overrides.append(f"{train_section}.{key}={getattr(args, flag)}")
+            overrides.append(f"{family.train_section}.{key}={getattr(args, flag)}")
     preset = load_preset(args.preset, overrides)
     data = section(preset, "data")
-    model_config = section(preset, model_section)
-    train_config = section(preset, train_section)
     out = Path(args.out)
     if args.overwrite and out.exists():
         shutil.rmtree(out)
     set_torch_threads(args.threads)
     device = autodetect_device(args.device)
-    train_split = load_dataset(data["dataset"], "train", data["root"])
-    test_split = load_dataset(data["dataset"], "test", data["root"])
-    torch.manual_seed(train_config.seed)  # the initial weights are part of the run's seed
-    model = build_model(MODELS[args.model][2], model_config.to_dict())
-    meta = {"dataset": data["dataset"], "preset": args.preset}
-    params = {"model": args.model, **meta, "model_config": model_config.to_dict(),
-              "train_config": asdict(train_config), "device": str(device), "out": str(out)}
-    with tracked_run(args, f"train-{args.model}", params) as tracker:
+    spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
+                     model=section(preset, family.preset_section), train=section(preset, family.train_section),
+                     preset=args.preset)
+    params = {"model": family.name, "dataset": spec.dataset, "preset": args.preset,
+              "model_config": spec.model.to_dict(), "train_config": asdict(spec.train), "device": str(device),
+              "out": str(out)}
+    with tracked_run(args, f"train-{family.name}", params) as tracker:
         try:
-            summary = train(model, train_split.images, test_split.images, train_config, out, meta=meta,
-                            tracker=tracker, device=device, progress=progress_bar)
+            return train_generator(spec, tracker=tracker, device=device, progress=progress_bar)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-    summary.update(out=str(out), checkpoint=str(out / CHECKPOINT_DIR), samples=str(out / SAMPLES_PNG))
-    summary["message"] = (f"trained {args.model} for {summary['steps']} steps "
-                          f"({summary['train_seconds']:.0f} s): test {summary.get(KEY_TEST_BPD, float('nan')):.3f} "
-                          f"bits/dim; checkpoint {out / CHECKPOINT_DIR}")
-    return summary

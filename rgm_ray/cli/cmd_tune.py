@@ -38,18 +38,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.tune.sweep import SweepFailedError, run_sweep
 
     try:
-        summary = run_sweep(config, out=args.out, address=args.address, track=not args.no_mlflow,
-                            overwrite=args.overwrite)
+        return run_sweep(config, out=args.out, address=args.address, track=not args.no_mlflow,
+                         overwrite=args.overwrite)
     except SweepFailedError as exc:
         raise UserError(str(exc)) from exc
-    best = summary["best"]
-    lines = [f"sweep '{config.name}': {summary['completed']}/{summary['trials']} trials completed "
-             f"({summary['stopped']} stopped early, {summary['error']} failed) in {summary['seconds']:.0f} s"]
-    if best is not None:
-        lines.append(f"best on validation: labels={best['labels']} source={best['source']} w={best['sl_weight']:g} "
-                     f"(val {100 * best['val_acc_mean']:.2f} %, test {100 * best['test_acc_mean']:.2f} %, n={best['n']})")
-    lines.append(f"tables: {summary['files']['summary.md']}, {summary['files']['summary.csv']}")
-    if summary["tracking_uri"]:
-        lines.append(f"MLflow: experiment '{summary['experiment']}' at {summary['tracking_uri']}")
-    summary["message"] = "\n".join(lines)
-    return summary

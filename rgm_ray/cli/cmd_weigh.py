@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from dataclasses import asdict
-from typing import Any
 
-from rgm_ray.cli.cmd_generate import add_cluster_args
-from rgm_ray.cli.common import add_common, progress_bar, tracked_run
+from rgm_ray.cli.common import add_cluster_args, add_common, cluster_options, command_line, progress_bar, tracked_run
 from rgm_ray.weigh.backbones import BACKBONES
 from rgm_ray.weigh.classifier import HeadConfig
 from rgm_ray.weigh.scoring import ScoringOptions
-from rgm_ray.weigh.stage import BASELINES, CALIBRATIONS, WeighConfig, weigh
+from rgm_ray.weigh.stage import BASELINES, CALIBRATIONS, WeighConfig, WeighResult, WeighSpec, weigh
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "calibrate it by temperature scaling on held-out data, and score every sample on Ray "
                             "Data: log_weight = calibrated logit of the fold model that never saw the sample.")
     parser.add_argument("--real", required=True,
-                        help="sample-set directory, or a dataset name (then its train split is the real data)")
+                        help="a dataset name (then its train split is the real data) or a sample-set directory; a "
+                        "dataset name always means the dataset, even if a directory of that name exists (write "
+                        "./NAME for the directory)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--samples", help="generated sample-set directory to weigh")
     source.add_argument("--baseline", choices=BASELINES,
@@ -45,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="device for fitting on the driver (default: cuda if any)")
-    add_cluster_args(parser, batch_size=256)
-    parser.set_defaults(cpus_per_worker=0.5)  # Ray Data actors must leave CPUs for the read tasks
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per scoring batch")
+    add_cluster_args(parser, cpus_per_worker=0.5)  # Ray Data actors must leave CPUs for the read tasks
     parser.add_argument("--blocks", type=int, default=None,
                         help="blocks to repartition into before scoring (default: 4 per worker; 0: keep Ray "
                         "Data's read blocks, for pools much larger than the object store)")
@@ -55,19 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_weigh)
 
 
-def run_weigh(args: argparse.Namespace) -> dict[str, Any]:
+def run_weigh(args: argparse.Namespace) -> WeighResult:
     head = HeadConfig(hidden=args.hidden, epochs=args.epochs, lr=args.lr)
     config = WeighConfig(backbone=args.backbone, domain_checkpoint=args.domain_checkpoint,
                          inception_weights=args.inception_weights, folds=args.folds, calibration=args.calibration,
                          calibration_fraction=args.calibration_fraction, max_per_class=args.max_per_class,
                          head=head, seed=args.seed)
-    scoring = ScoringOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                             gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, address=args.address,
-                             blocks=args.blocks)
-    params = {**asdict(config), **asdict(scoring), "real": args.real, "samples": args.samples,
+    spec = WeighSpec(real=args.real, out=args.out, samples=args.samples, baseline=args.baseline,
+                     num_noise=args.num_noise, root=args.root, config=config,
+                     scoring=ScoringOptions(batch_size=args.batch_size, blocks=args.blocks), device=args.device)
+    cluster = cluster_options(args)
+    params = {**asdict(config), **asdict(spec.scoring), **asdict(cluster), "real": args.real, "samples": args.samples,
               "baseline": args.baseline, "out": args.out}
     with tracked_run(args, f"weigh-{args.backbone}", params) as tracker:
-        outcome = weigh(args.real, args.samples, args.out, config, scoring, baseline=args.baseline,
-                        num_noise=args.num_noise, root=args.root, overwrite=args.overwrite, tracker=tracker,
-                        progress=progress_bar, device=args.device, command=shlex.join(["rgm", *sys.argv[1:]]))
-    return outcome.summary
+        return weigh(spec, cluster, overwrite=args.overwrite, tracker=tracker, progress=progress_bar,
+                     command=command_line())

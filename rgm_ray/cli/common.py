@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any, Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
+from rgm_ray.pipeline.presets import PRESETS
+from rgm_ray.results import StageResult
+from rgm_ray.runtime import ClusterOptions
 from rgm_ray.tracking import start_run
 
 T = TypeVar("T")
-Handler = Callable[[argparse.Namespace], dict[str, Any]]
+Handler = Callable[[argparse.Namespace], "dict[str, Any] | StageResult"]
 
 
 class UserError(Exception):
@@ -26,6 +30,33 @@ def add_common(parser: argparse.ArgumentParser, *, tracked: bool = True) -> None
         parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
         parser.add_argument("--experiment", default=None,
                             help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or 'rgm_ray')")
+
+
+def add_cluster_args(parser: argparse.ArgumentParser, *, cpus_per_worker: float = 1.0) -> None:
+    """Where a command runs on Ray (``runtime.ClusterOptions``); none of it changes results."""
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: fill the cluster)")
+    parser.add_argument("--cpus-per-worker", type=float, default=cpus_per_worker,
+                        help=f"(default: {cpus_per_worker:g})")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 1 on a GPU cluster")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address ('auto', 'ray://head:10001'); default: local Ray")
+
+
+def add_preset_args(parser: argparse.ArgumentParser, default: str = "demo") -> None:
+    """``--preset NAME`` and repeatable ``--set section.key=value`` overrides."""
+    parser.add_argument("--preset", default=default, choices=tuple(PRESETS), help=f"(default: {default})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a preset field, e.g. --set pixelcnn.nr_filters=64 (repeatable)")
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    return ClusterOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker, address=args.address)
+
+
+def command_line() -> str:
+    """The command as typed, recorded in every output's provenance."""
+    return shlex.join(["rgm", *sys.argv[1:]])
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
@@ -47,9 +78,14 @@ def tracked_run(args: argparse.Namespace, run_name: str, params: dict[str, Any])
                      experiment=getattr(args, "experiment", None), params=params)
 
 
-def emit_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
-    """Print the summary: JSON with ``--json``, else its ``message`` line."""
-    if getattr(args, "json", False):
-        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+def emit_summary(args: argparse.Namespace, summary: dict[str, Any] | StageResult) -> None:
+    """Print a handler's result: JSON with ``--json``, else its one-line ``message``."""
+    if isinstance(summary, StageResult):
+        facts, message = summary.to_dict(), summary.message
     else:
-        print(summary.get("message", "done"))
+        facts = {k: v for k, v in summary.items() if k != "message"}
+        message = summary.get("message", "done")
+    if getattr(args, "json", False):
+        print(json.dumps(facts, indent=2, sort_keys=True, default=str))
+    else:
+        print(message)

@@ -1,4 +1,8 @@
-"""Evaluation: IS / FID / KID / precision-recall on equal-size sets with torch-fidelity (thesis Table 6.3)."""
+"""Evaluation: IS / FID / KID / precision-recall on equal-size sets with torch-fidelity (thesis Table 6.3).
+
+Entry point: :func:`evaluate_sets` (an :class:`EvaluateSpec` in, an :class:`EvaluateResult` out);
+:func:`is_complete` is the stage's completeness check.
+"""
 
 from rgm_ray.evaluate.features import (DOMAIN_EXTRACTOR, EXTRACTOR_KINDS, ExtractorSpec, Features,
                                        FidelityFeaturizer, domain_spec, inception_spec,
@@ -8,13 +12,14 @@ from rgm_ray.evaluate.metrics import (KEY_FID, KEY_IS, KEY_KID, KEY_PRECISION, K
                                       fidelity_metrics)
 from rgm_ray.evaluate.outputs import METRICS_JSON, TABLE_MD, grid_file, write_outputs
 from rgm_ray.evaluate.protocol import EvalConfig, EvalSet, Evaluation, RowResult, evaluate, validate_sets
+from rgm_ray.evaluate.stage import EvaluateResult, EvaluateSpec, evaluate_sets, is_complete
 from rgm_ray.evaluate.tables import markdown_table
-from rgm_ray.evaluate.weighted_fid import (KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, effective_sample_size,
-                                           weighted_fid)
+from rgm_ray.evaluate.weighted_fid import KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, weighted_fid
 
-__all__ = ["DOMAIN_EXTRACTOR", "EXTRACTOR_KINDS", "EvalConfig", "EvalSet", "Evaluation", "ExtractorSpec",
+__all__ = ["DOMAIN_EXTRACTOR", "EXTRACTOR_KINDS", "EvalConfig", "EvalSet", "EvaluateResult", "EvaluateSpec",
+           "Evaluation", "ExtractorSpec", "evaluate_sets", "is_complete",
            "Features", "FidelityFeaturizer", "KEY_FID", "KEY_IS", "KEY_KID", "KEY_PRECISION", "KEY_RECALL",
            "KEY_WEIGHTED_FID", "KEY_WEIGHTED_FID_ESS", "METRICS_JSON", "METRIC_KEYS", "RowResult", "TABLE_MD",
-           "domain_spec", "effective_sample_size", "evaluate", "fidelity_metrics", "grid_file",
+           "domain_spec", "evaluate", "fidelity_metrics", "grid_file",
            "inception_spec", "load_real", "load_sample_set", "markdown_table", "parse_set_argument",
            "register_domain_extractor", "validate_sets", "weighted_fid", "write_outputs"]

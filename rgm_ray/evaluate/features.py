@@ -1,18 +1,19 @@
-"""Feature extractors for the metrics, run through torch-fidelity's registry and batching code.
+"""The shared feature extractors (:mod:`rgm_ray.models.extractors`) as the metrics run them: through
+torch-fidelity's registry and batching code.
 
-Two extractors, chosen by name:
-
-* ``domain``: the project's domain ResNet (:mod:`rgm_ray.models.domain`), wrapped as a torch-fidelity
+* ``domain``: the project's domain ResNet, wrapped as a torch-fidelity
   :class:`~torch_fidelity.FeatureExtractorBase` and registered as :data:`DOMAIN_EXTRACTOR`. Its pooled
   64-d features feed FID/KID/precision-recall, its class logits a *domain* Inception Score. It is
   the offline stand-in for Inception; its numbers are never comparable to published Inception ones.
 * ``inception``: torch-fidelity's own Inception-V3 (``inception-v3-compat``), loaded from a local
   weights file. torch-fidelity downloads the weights when no path is given; that is refused here.
 
-Both receive uint8 ``[B, C, H, W]`` batches, exactly what torch-fidelity feeds its extractors. The
-checkpoint directory (domain) or the weights file (inception) travels through torch-fidelity's own
-``feature_extractor_weights_path`` argument, so the registered class is built by torch-fidelity's
-``create_feature_extractor`` like any built-in extractor.
+Which network from which file (and its checks) is the shared :class:`FeatureExtractorSpec`;
+:class:`ExtractorSpec` adds what torch-fidelity needs: the registry name and the layer each metric
+reads. Both extractors receive uint8 ``[B, C, H, W]`` batches, exactly what torch-fidelity feeds its
+extractors. The checkpoint directory (domain) or the weights file (inception) travels through
+torch-fidelity's own ``feature_extractor_weights_path`` argument, so the registered class is built by
+torch-fidelity's ``create_feature_extractor`` like any built-in extractor.
 """
 
 from __future__ import annotations
@@ -29,29 +30,17 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from rgm_ray.data import DATASET_SHAPES
-from rgm_ray.models.checkpoint import load_checkpoint, read_checkpoint_config
-from rgm_ray.models.inception import check_inception_weights
-from rgm_ray.models.resnet import ResNet, preprocess
+from rgm_ray.models.checkpoint import read_checkpoint_config
+from rgm_ray.models.extractors import (INCEPTION_FEATURES, INCEPTION_NAME, DomainFeatures, FeatureExtractorSpec,
+                                       build_feature_extractor)
 
 DOMAIN_EXTRACTOR = "rgm-domain"
-INCEPTION_EXTRACTOR = "inception-v3-compat"
-EXTRACTOR_KINDS = ("domain", "inception")
 
 # Layer names the domain extractor provides.
 DOMAIN_FEATURES = "pool64"
 DOMAIN_LOGITS = "logits"
-# torch-fidelity's defaults for Inception: 2048-d pool features; IS from the unbiased logits.
-INCEPTION_FEATURES = "2048"
+# torch-fidelity's default for the Inception Score: the unbiased logits.
 INCEPTION_LOGITS = "logits_unbiased"
-# Tensors in an Inception state dict that a wrong file would not have.
-
-
-def _domain_checkpoint_record(checkpoint: str | Path) -> dict[str, Any]:
-    record = read_checkpoint_config(checkpoint)
-    if record["kind"] != ResNet.kind:
-        raise ValueError(f"{checkpoint}: a {record['kind']!r} checkpoint, not a domain ResNet "
-                         "(see rgm_ray.models.domain.train_domain_classifier)")
-    return record
 
 
 class DomainFeatureExtractor(FeatureExtractorBase):
@@ -66,12 +55,10 @@ class DomainFeatureExtractor(FeatureExtractorBase):
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path = a domain "
-                             "ResNet checkpoint directory")
-        record = _domain_checkpoint_record(feature_extractor_weights_path)
-        self.model: ResNet = load_checkpoint(feature_extractor_weights_path)
-        self.image_shape: tuple[int, int, int] | None = DATASET_SHAPES.get(record.get("dataset", ""))
+        spec = FeatureExtractorSpec("domain", feature_extractor_weights_path)
+        self.domain: DomainFeatures = build_feature_extractor(spec)
+        self.image_shape: tuple[int, int, int] | None = DATASET_SHAPES.get(
+            read_checkpoint_config(spec.path).get("dataset", ""))
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -88,13 +75,13 @@ class DomainFeatureExtractor(FeatureExtractorBase):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ValueError(f"{self.name}: expected uint8 images [B, C, H, W], got {x.dtype} {tuple(x.shape)}")
-        channels = self.model.config.in_channels
+        channels = self.domain.network.config.in_channels
         if x.shape[1] != channels or (self.image_shape and tuple(x.shape[1:]) != self.image_shape):
             expected = self.image_shape or f"({channels}, H, W)"
             raise ValueError(f"{self.name}: the domain network takes images of shape {expected}, "
                              f"got {tuple(x.shape[1:])}")
-        pooled = self.model.features(preprocess(x))  # [B, widths[-1]]
-        out = {DOMAIN_FEATURES: pooled, DOMAIN_LOGITS: self.model.head(pooled)}
+        pooled = self.domain(x)  # [B, widths[-1]]
+        out = {DOMAIN_FEATURES: pooled, DOMAIN_LOGITS: self.domain.network.head(pooled)}
         return tuple(out[name] for name in self.features_list)
 
 
@@ -108,34 +95,53 @@ register_domain_extractor()
 
 
 @dataclass(frozen=True)
-class ExtractorSpec:
-    """Which torch-fidelity extractor to build, from which weights, and which layers to read."""
+class FidelityLayers:
+    """How torch-fidelity runs one extractor kind."""
 
-    kind: str  # "domain" | "inception"
     registry_name: str
-    weights_path: str
     features_layer: str  # FID, KID, precision/recall
     logits_layer: str  # Inception Score
     rgb: bool  # replicate grayscale to 3 channels (Inception only takes RGB)
 
+
+FIDELITY_LAYERS = {"domain": FidelityLayers(DOMAIN_EXTRACTOR, DOMAIN_FEATURES, DOMAIN_LOGITS, rgb=False),
+                   "inception": FidelityLayers(INCEPTION_NAME, INCEPTION_FEATURES, INCEPTION_LOGITS, rgb=True)}
+EXTRACTOR_KINDS = tuple(FIDELITY_LAYERS)  # what ``rgm evaluate --features`` can run
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """A shared feature extractor and the torch-fidelity layers the metrics read from it."""
+
+    network: FeatureExtractorSpec
+
+    @property
+    def kind(self) -> str:
+        return self.network.kind
+
+    @property
+    def layers(self) -> FidelityLayers:
+        return FIDELITY_LAYERS[self.kind]
+
     @property
     def description(self) -> str:
+        layers = self.layers
         if self.kind == "domain":
-            return (f"domain ResNet features ({self.features_layer}, IS from {self.logits_layer}) of checkpoint "
-                    f"{self.weights_path}")
-        return (f"Inception-V3 (torch-fidelity {self.registry_name}, {self.features_layer}-d pool features, "
-                f"IS from {self.logits_layer}) from {self.weights_path}")
+            return (f"domain ResNet features ({layers.features_layer}, IS from {layers.logits_layer}) of checkpoint "
+                    f"{self.network.path}")
+        return (f"Inception-V3 (torch-fidelity {layers.registry_name}, {layers.features_layer}-d pool features, "
+                f"IS from {layers.logits_layer}) from {self.network.path}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "registry_name": self.registry_name, "weights_path": self.weights_path,
-                "features_layer": self.features_layer, "logits_layer": self.logits_layer,
+        layers = self.layers
+        return {"kind": self.kind, "registry_name": layers.registry_name, "weights_path": self.network.path,
+                "features_layer": layers.features_layer, "logits_layer": layers.logits_layer,
                 "description": self.description, "comparable_to_inception_numbers": self.kind == "inception"}
 
 
 def domain_spec(checkpoint: str | Path) -> ExtractorSpec:
     """Spec for the domain extractor; checks that ``checkpoint`` is a ResNet checkpoint directory."""
-    _domain_checkpoint_record(checkpoint)
-    return ExtractorSpec("domain", DOMAIN_EXTRACTOR, str(checkpoint), DOMAIN_FEATURES, DOMAIN_LOGITS, rgb=False)
+    return ExtractorSpec(FeatureExtractorSpec("domain", str(checkpoint)))
 
 
 def inception_spec(weights: str | Path | None) -> ExtractorSpec:
@@ -144,9 +150,7 @@ def inception_spec(weights: str | Path | None) -> ExtractorSpec:
     The file is opened with ``weights_only=True`` first, so a wrong or unsafe file fails here with
     a clear message instead of inside torch-fidelity's unrestricted ``torch.load``.
     """
-    path = check_inception_weights(weights, needed_by="--features inception")
-    return ExtractorSpec("inception", INCEPTION_EXTRACTOR, str(path), INCEPTION_FEATURES, INCEPTION_LOGITS,
-                         rgb=True)
+    return ExtractorSpec(FeatureExtractorSpec("inception", None if weights is None else str(Path(weights))))
 
 
 class ImageArrayDataset(Dataset):
@@ -207,14 +211,16 @@ class FidelityFeaturizer:
     @property
     def extractor(self) -> FeatureExtractorBase:
         if self._extractor is None:
+            layers = self.spec.layers
             self._extractor = create_feature_extractor(
-                self.spec.registry_name, [self.spec.features_layer, self.spec.logits_layer], cuda=self.cuda,
-                feature_extractor_weights_path=self.spec.weights_path, verbose=False)
+                layers.registry_name, [layers.features_layer, layers.logits_layer], cuda=self.cuda,
+                feature_extractor_weights_path=self.spec.network.path, verbose=False)
         return self._extractor
 
     def __call__(self, images: np.ndarray) -> Features:
         if len(images) == 0:
             raise ValueError("no images to extract features from")
-        out = get_featuresdict_from_dataset(ImageArrayDataset(images, rgb=self.spec.rgb), self.extractor,
+        layers = self.spec.layers
+        out = get_featuresdict_from_dataset(ImageArrayDataset(images, rgb=layers.rgb), self.extractor,
                                             self.batch_size, self.cuda, save_cpu_ram=True, verbose=False)
-        return Features(out[self.spec.features_layer].float(), out[self.spec.logits_layer].float())
+        return Features(out[layers.features_layer].float(), out[layers.logits_layer].float())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgm_ray.data import DATASET_NAMES, load_dataset
 from rgm_ray.evaluate.protocol import REFERENCE, EvalSet
 from rgm_ray.store import COPIES, IMAGE, LOG_WEIGHT, SampleSet, dataset_source
+from rgm_ray.store.real import resolve_real
 
 
 def parse_set_argument(text: str) -> tuple[str, Path]:
@@ -29,15 +29,13 @@ def load_sample_set(name: str, directory: str | Path) -> EvalSet:
 def load_real(spec: str, root: str | Path | None = None) -> tuple[EvalSet, EvalSet | None]:
     """``(real, reference)`` for ``--real``.
 
-    A dataset name gives its test split as the real set and its train split as the held-out
-    reference; a sample-set directory gives the real set alone (the protocol then takes the
-    reference from a disjoint subset of it). A dataset name wins over a directory of that name.
+    Resolved by :func:`resolve_real`: a dataset name gives its test split as the real set and its
+    train split as the held-out reference; a sample-set directory gives the real set alone (the
+    protocol then takes the reference from a disjoint subset of it).
     """
-    if spec in DATASET_NAMES:
-        test, train = load_dataset(spec, "test", root), load_dataset(spec, "train", root)
-        return (EvalSet("real", test.images, source=dataset_source(test)),
-                EvalSet(REFERENCE, train.images, source=dataset_source(train)))
-    if Path(spec).is_dir():
+    real = resolve_real(spec, "test", root)
+    if real.dataset is None:
         return load_sample_set("real", spec), None
-    raise ValueError(f"--real {spec!r}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor a "
-                     "sample-set directory")
+    train = resolve_real(spec, "train", root).dataset
+    return (EvalSet("real", real.dataset.images, source=dataset_source(real.dataset)),
+            EvalSet(REFERENCE, train.images, source=dataset_source(train)))

@@ -43,12 +43,12 @@ def mlflow_run_metrics(evaluation: Evaluation, run: int) -> dict[str, float]:
 
 
 def write_outputs(out: str | Path, evaluation: Evaluation, real: EvalSet, sets: Sequence[EvalSet]) -> list[Path]:
-    """Write metrics.json, table.md and the grids (first run's images; top/bottom 64 by weight)."""
+    """Write table.md, the grids (first run's images; top/bottom 64 by weight) and, last, metrics.json
+    (whose presence marks the evaluation finished)."""
     out = Path(out)
-    atomic_write_json(out / METRICS_JSON, evaluation.to_json())
     with atomic_path(out / TABLE_MD) as tmp:
         tmp.write_text(markdown_table(evaluation))
-    written = [out / METRICS_JSON, out / TABLE_MD]
+    written = [out / TABLE_MD]
     written.append(save_image_grid(real.images[evaluation.real_rows[0][:GRID_SIZE]], out / grid_file("real")))
     for s in sets:
         written.append(save_image_grid(s.images[evaluation.set_rows[s.name][0][:GRID_SIZE]], out / grid_file(s.name)))
@@ -56,4 +56,5 @@ def write_outputs(out: str | Path, evaluation: Evaluation, real: EvalSet, sets: 
             top, bottom = top_bottom_rows(s.log_weight)
             written.append(save_image_grid(s.images[top], out / grid_file(s.name, f"top{GRID_SIZE}")))
             written.append(save_image_grid(s.images[bottom], out / grid_file(s.name, f"bottom{GRID_SIZE}")))
-    return written
+    atomic_write_json(out / METRICS_JSON, evaluation.to_json())
+    return [out / METRICS_JSON, *written]

@@ -28,9 +28,9 @@ import numpy as np
 
 from rgm_ray.evaluate.features import Features
 from rgm_ray.evaluate.metrics import KID_SUBSET_SIZE, KID_SUBSETS, METRIC_KEYS, MIN_SET_SIZE, fidelity_metrics
-from rgm_ray.evaluate.weighted_fid import (KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, effective_sample_size,
-                                           weighted_fid)
+from rgm_ray.evaluate.weighted_fid import KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, weighted_fid
 from rgm_ray.seeding import derive_seed, numpy_rng
+from rgm_ray.weigh.transforms import effective_sample_size
 
 REFERENCE = "reference"
 RESERVED_NAMES = (REFERENCE, "real")

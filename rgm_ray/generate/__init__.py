@@ -1,8 +1,12 @@
-"""Sharded sample generation on Ray actors into Parquet sample sets (stage generate)."""
+"""Sharded sample generation on Ray actors into Parquet sample sets (stage generate).
+
+Entry point: :func:`generate_sample_set` (a :class:`GenerateSpec` and ``runtime.ClusterOptions`` in,
+a :class:`GenerateResult` out); :func:`is_complete` is the stage's completeness check.
+"""
 
 from rgm_ray.generate.plan import GenerationPlan, PlanMismatchError
-from rgm_ray.generate.runner import ClusterOptions, GenerateConfig, generate_sample_set, make_plan
-from rgm_ray.generate.shards import SAMPLERS_BY_KIND, draw
+from rgm_ray.generate.runner import (GenerateConfig, GenerateResult, GenerateSpec, generate_sample_set, is_complete,
+                                     make_plan)
 
-__all__ = ["ClusterOptions", "GenerateConfig", "GenerationPlan", "PlanMismatchError", "SAMPLERS_BY_KIND", "draw",
-           "generate_sample_set", "make_plan"]
+__all__ = ["GenerateConfig", "GenerateResult", "GenerateSpec", "GenerationPlan", "PlanMismatchError",
+           "generate_sample_set", "is_complete", "make_plan"]

@@ -11,19 +11,26 @@ queue for the others. The driver alone writes shards (atomically), then the mani
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rgm_ray.generate.plan import GenerationPlan, check_or_write_plan
-from rgm_ray.generate.shards import (check_sampler, default_sampler, existing_shard, shard_table,
-                                     write_generated_shard)
+from rgm_ray.configs import strict_from_dict
+from rgm_ray.generate.plan import PLAN_FILE, GenerationPlan, check_or_write_plan
+from rgm_ray.generate.shards import existing_shard, shard_table, write_generated_shard
 from rgm_ray.generate.workers import ShardSampler
-from rgm_ray.models.checkpoint import checkpoint_digest, read_checkpoint_config
-from rgm_ray.runtime import init_ray
-from rgm_ray.store import ShardInfo, finish_sample_set, provenance, read_manifest
+from rgm_ray.models.checkpoint import CONFIG_FILE, checkpoint_digest, load_checkpoint, read_checkpoint_config
+from rgm_ray.models.registry import check_sampler, default_sampler, get_family
+from rgm_ray.models.training import CHECKPOINT_DIR
+from rgm_ray.results import StageResult
+from rgm_ray.runtime import ClusterOptions, init_ray, worker_count
+from rgm_ray.store import ManifestError, SampleSet, ShardInfo, finish_sample_set, provenance, read_manifest
+from rgm_ray.store.completion import check_not_inside
 from rgm_ray.store.manifest import MANIFEST_NAME
 from rgm_ray.store.schema import BASE_FIELDS
 from rgm_ray.tracking import NullTracker, Tracker
@@ -34,23 +41,6 @@ KEY_WORKER_SAMPLES_PER_SEC = "worker_{}_samples_per_sec"
 KEY_RETRIED_SHARDS = "retried_shards"
 KEY_WORKER_RESTARTS = "worker_restarts"
 MAX_RESTARTS = 3
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """Where and how wide to run; none of this changes the bytes produced."""
-
-    workers: int | None = None  # default: as many as the cluster's CPUs (or GPUs) allow
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    batch_size: int = 64
-    address: str | None = None  # None: local Ray (or $RAY_ADDRESS inside a Ray job)
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers <= 0:
-            raise ValueError(f"workers must be positive, got {self.workers}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.batch_size <= 0:
-            raise ValueError(f"bad resources: {self}")
 
 
 @dataclass(frozen=True)
@@ -70,10 +60,12 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GenerateConfig":
-        return cls(**d)
+        return strict_from_dict(cls, d, "generate")
 
-    def sampler_for(self, kind: str) -> str:
-        return self.sampler_pixelcnnpp if kind == "pixelcnnpp" else self.sampler_vae
+    def sampler_for(self, name_or_kind: str) -> str:
+        """The preset's sampler for a generator: field ``sampler_<checkpoint kind>``, else the family's default."""
+        family = get_family(name_or_kind)
+        return getattr(self, f"sampler_{family.kind}", family.default_sampler)
 
 
 def make_plan(checkpoint: str | Path, *, num_samples: int, shard_size: int, seed: int,
@@ -85,30 +77,99 @@ def make_plan(checkpoint: str | Path, *, num_samples: int, shard_size: int, seed
                           num_samples=num_samples, shard_size=shard_size, seed=seed, sampler=sampler)
 
 
-def _default_workers(options: ClusterOptions, pending: int) -> int:
-    import ray
+@dataclass(frozen=True)
+class GenerateSpec:
+    """What to draw: ``num_samples`` images of ``checkpoint`` into the set ``out``."""
 
-    resources = ray.cluster_resources()
-    if options.gpus_per_worker > 0:
-        slots = int(resources.get("GPU", 0) // options.gpus_per_worker)
-        if slots == 0:
-            raise ValueError(f"--gpus-per-worker {options.gpus_per_worker} but the cluster has "
-                             f"{resources.get('GPU', 0)} GPUs")
-    else:
-        slots = int(resources.get("CPU", 1) // options.cpus_per_worker)
-    return max(1, min(slots, pending))
+    checkpoint: str  # a checkpoint directory or the ``rgm train`` run directory holding one
+    out: str
+    num_samples: int
+    shard_size: int = 1000
+    seed: int = 0
+    sampler: str | None = None  # None: the generator family's default (fastest exact) sampler
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The checkpoint directory itself (``rgm train``'s run directory is accepted for it)."""
+        nested = Path(self.checkpoint) / CHECKPOINT_DIR
+        return nested if (nested / CONFIG_FILE).is_file() else Path(self.checkpoint)
+
+    def plan(self) -> GenerationPlan:
+        return make_plan(self.checkpoint_dir, num_samples=self.num_samples, shard_size=self.shard_size,
+                         seed=self.seed, sampler=self.sampler)
 
 
-def generate_sample_set(checkpoint: str | Path, out: str | Path, plan: GenerationPlan,
-                        options: ClusterOptions = ClusterOptions(), *, overwrite: bool = False,
-                        tracker: Tracker | None = None, command: str | None = None,
+@dataclass(frozen=True)
+class GenerateResult(StageResult):
+    num_samples: int = 0
+    shards: int = 0
+    generated_shards: int = 0
+    reused_shards: int = 0
+    workers: int = 0
+
+    @property
+    def message(self) -> str:
+        if not self.generated_shards:
+            return f"{self.out} is already complete ({self.num_samples} samples)"
+        return (f"{self.out}: {self.num_samples} samples in {self.shards} shards ({self.generated_shards} "
+                f"generated at {self.metrics[KEY_SAMPLES_PER_SEC]:.1f} samples/s, {self.reused_shards} reused)")
+
+
+def is_complete(spec: GenerateSpec) -> bool:
+    """``spec.out`` is a finished set drawn with exactly ``spec``'s plan (shard hashes: ``rgm data verify``)."""
+    try:
+        SampleSet(spec.out)
+        recorded = json.loads((Path(spec.out) / PLAN_FILE).read_text())
+    except (ManifestError, OSError, ValueError):
+        return False
+    return recorded == asdict(spec.plan())
+
+
+def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOptions(), *,
+                        overwrite: bool = False, tracker: Tracker | None = None, command: str | None = None,
                         progress: Callable[..., Any] | None = None,
-                        on_shard_done: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Make ``out`` a finished sample set for ``plan``, drawing only the shards it lacks."""
+                        on_shard_done: Callable[[int, dict[str, Any]], None] | None = None) -> GenerateResult:
+    """Make ``spec.out`` a finished sample set for ``spec``, drawing only the shards it lacks.
+
+    ``overwrite`` replaces a set made with other settings, but only once the new one is complete: it
+    is drawn in a hidden sibling directory (re-running the same command resumes there) and swapped
+    in at the end, so a failure never costs the old set.
+    """
     tracker = tracker or NullTracker()
-    out = Path(out)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    checkpoint, out = spec.checkpoint_dir, Path(spec.out)
+    check_not_inside(out, [spec.checkpoint], flag="--out")
+    plan = spec.plan()
+    target = out
+    if overwrite and out.exists() and not _holds_plan(out, plan):
+        target = out.with_name(f".{out.name}.overwrite")
+        if target.exists() and not _holds_plan(target, plan):
+            shutil.rmtree(target)  # our own staging, from an overwrite with other settings
+    result = _fill(checkpoint, target, plan, cluster, spec.batch_size, tracker, command, progress, on_shard_done)
+    if target != out:  # the new set is complete: only now does the old one go
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(target, out)
+        shutil.rmtree(old)
+    return dataclasses.replace(result, out=str(out))
+
+
+def _holds_plan(directory: Path, plan: GenerationPlan) -> bool:
+    try:
+        return json.loads((directory / PLAN_FILE).read_text()) == asdict(plan)
+    except (OSError, ValueError):
+        return False
+
+
+def _fill(checkpoint: Path, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
+          tracker: Tracker, command: str | None, progress, on_shard_done) -> GenerateResult:
+    """Draw the shards ``out`` lacks for ``plan`` and write its manifest."""
     check_or_write_plan(out, plan)
     shape = _checkpoint_shape(checkpoint)
     done: dict[int, ShardInfo] = {}
@@ -119,13 +180,16 @@ def generate_sample_set(checkpoint: str | Path, out: str | Path, plan: Generatio
     pending = [i for i in range(plan.num_shards) if i not in done]
     manifest_path = out / MANIFEST_NAME
     if not pending and manifest_path.is_file() and _manifest_matches(out, done):
-        return {"out": str(out), "num_samples": plan.num_samples, "generated_shards": 0,
-                "reused_shards": len(done), "message": f"{out} is already complete ({plan.num_samples} samples)"}
+        return GenerateResult(out=str(out), num_samples=plan.num_samples, shards=plan.num_shards,
+                              reused_shards=len(done))
     if manifest_path.exists():
         manifest_path.unlink()  # the set is being changed: it is not finished until the new manifest
+    if pending:
+        load_checkpoint(checkpoint)  # a broken checkpoint fails here in one line, not in every actor
 
-    stats = _run_workers(checkpoint, out, plan, options, pending, done, progress, on_shard_done) if pending else {
-        "per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, KEY_WORKER_RESTARTS: 0, "workers": 0}
+    stats = _run_workers(checkpoint, out, plan, cluster, batch_size, pending, done, progress, on_shard_done) \
+        if pending else {"per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, KEY_WORKER_RESTARTS: 0,
+                         "workers": 0}
     manifest = finish_sample_set(
         out, [done[i] for i in range(plan.num_shards)], shape=shape, source=plan.source,
         columns=[f.name for f in BASE_FIELDS], prov=provenance(command, plan.seed),
@@ -137,12 +201,9 @@ def generate_sample_set(checkpoint: str | Path, out: str | Path, plan: Generatio
                **{KEY_WORKER_SAMPLES_PER_SEC.format(w): v for w, v in stats["per_worker"].items()}}
     tracker.log_metrics(metrics)
     tracker.log_dict(manifest.to_json(), MANIFEST_NAME)
-    return {"out": str(out), "num_samples": manifest.num_rows, "shards": len(manifest.shards),
-            "generated_shards": len(pending), "reused_shards": len(done) - len(pending),
-            "workers": stats["workers"], **metrics,
-            "message": f"{out}: {manifest.num_rows} samples in {len(manifest.shards)} shards "
-                       f"({len(pending)} generated at {metrics[KEY_SAMPLES_PER_SEC]:.1f} samples/s, "
-                       f"{len(done) - len(pending)} reused)"}
+    return GenerateResult(out=str(out), metrics=metrics, num_samples=manifest.num_rows, shards=len(manifest.shards),
+                          generated_shards=len(pending), reused_shards=len(done) - len(pending),
+                          workers=stats["workers"])
 
 
 def _checkpoint_shape(checkpoint: str | Path) -> tuple[int, int, int]:
@@ -158,19 +219,17 @@ def _manifest_matches(out: Path, done: dict[int, ShardInfo]) -> bool:
     return recorded == {s.file: s.sha256 for s in done.values()}
 
 
-def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOptions, pending: list[int],
-                 done: dict[int, ShardInfo], progress, on_shard_done) -> dict[str, Any]:
+def _run_workers(checkpoint, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
+                 pending: list[int], done: dict[int, ShardInfo], progress, on_shard_done) -> dict[str, Any]:
     import ray
     from ray.exceptions import RayActorError
 
-    init_ray(options.address)
-    n_workers = options.workers or _default_workers(options, len(pending))
+    init_ray(cluster.address)
+    n_workers = worker_count(cluster, ray.cluster_resources(), pending=len(pending))
     remote_cls = ray.remote(ShardSampler).options(
-        num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
+        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker,
         max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-    threads = max(1, int(options.cpus_per_worker))
-    device = "cuda" if options.gpus_per_worker > 0 else "cpu"
-    actors = [remote_cls.remote(str(checkpoint), threads, device) for _ in range(n_workers)]
+    actors = [remote_cls.remote(str(checkpoint), cluster.threads, cluster.device) for _ in range(n_workers)]
     pids = ray.get([actor.pid.remote() for actor in actors])  # also waits until every model is loaded
     queue = collections.deque(pending)
     idle = list(range(n_workers))
@@ -185,7 +244,7 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, options: ClusterOp
         while queue or inflight:
             while queue and idle:
                 worker, shard = idle.pop(), queue.popleft()
-                inflight[actors[worker].draw_shard.remote(plan, shard, options.batch_size)] = (worker, shard)
+                inflight[actors[worker].draw_shard.remote(plan, shard, batch_size)] = (worker, shard)
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             worker, shard = inflight.pop(ref)
             try:

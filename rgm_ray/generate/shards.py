@@ -1,4 +1,4 @@
-"""Drawing one shard and checking a shard on disk; plain functions, no Ray."""
+"""Writing one drawn shard and checking a shard on disk; plain functions, no Ray."""
 
 from __future__ import annotations
 
@@ -7,43 +7,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from torch import nn
 
 from rgm_ray.generate.plan import GenerationPlan
 from rgm_ray.store import SAMPLE_ID, ShardInfo, decode_images, make_table, shard_name
 from rgm_ray.store.atomic import atomic_path, sha256_file
 from rgm_ray.store.schema import META_SOURCE, table_shape
 from rgm_ray.store.writer import ROW_GROUP_SIZE
-
-SAMPLERS_BY_KIND = {"pixelcnnpp": ("cached", "naive"), "vae": ("mean", "sample")}
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in SAMPLERS_BY_KIND:
-        raise ValueError(f"cannot generate from a {kind!r} checkpoint; need one of {sorted(SAMPLERS_BY_KIND)}")
-
-
-def default_sampler(kind: str) -> str:
-    """The fastest exact sampler of a generator kind."""
-    _check_kind(kind)
-    return SAMPLERS_BY_KIND[kind][0]
-
-
-def check_sampler(kind: str, sampler: str) -> None:
-    _check_kind(kind)
-    if sampler not in SAMPLERS_BY_KIND[kind]:
-        raise ValueError(f"sampler {sampler!r} does not fit a {kind} checkpoint; choose from "
-                         f"{', '.join(SAMPLERS_BY_KIND[kind])}")
-
-
-def draw(model: nn.Module, n: int, *, seed: int, batch_size: int, sampler: str) -> np.ndarray:
-    """``n`` uint8 images [n, C, H, W] from either generator; image j depends on (seed, j) only."""
-    check_sampler(model.kind, sampler)
-    if model.kind == "vae":
-        images = model.sample(n, seed=seed, batch_size=batch_size, mode=sampler)
-    else:
-        images = model.sample(n, seed=seed, batch_size=batch_size, sampler=sampler)
-    return images.cpu().numpy()
 
 
 def shard_table(plan: GenerationPlan, index: int, images: np.ndarray) -> pa.Table:

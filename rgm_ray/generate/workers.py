@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from rgm_ray.generate.plan import GenerationPlan
-from rgm_ray.generate.shards import draw
 from rgm_ray.models.checkpoint import load_checkpoint
+from rgm_ray.models.registry import family_for_kind
 from rgm_ray.runtime import autodetect_device, set_torch_threads
 
 
@@ -25,6 +25,7 @@ class ShardSampler:
         set_torch_threads(threads)
         self.device = autodetect_device(device)
         self.model = load_checkpoint(checkpoint, device=self.device)
+        self.family = family_for_kind(self.model.kind)
 
     def pid(self) -> int:
         return os.getpid()
@@ -32,6 +33,6 @@ class ShardSampler:
     def draw_shard(self, plan: GenerationPlan, index: int, batch_size: int) -> tuple[int, np.ndarray, float, int]:
         """(shard index, uint8 images, seconds spent sampling, worker pid)."""
         started = time.perf_counter()
-        images = draw(self.model, len(plan.shard_ids(index)), seed=plan.shard_seed(index),
-                      batch_size=batch_size, sampler=plan.sampler)
+        images = self.family.draw(self.model, len(plan.shard_ids(index)), seed=plan.shard_seed(index),
+                                  batch_size=batch_size, sampler=plan.sampler)
         return index, images, time.perf_counter() - started, os.getpid()

@@ -1,9 +1,12 @@
-"""Generators (PixelCNN++, VAE), the domain ResNet, their training and checkpoints (stage models)."""
+"""Generators (PixelCNN++, VAE) and their registry, the domain ResNet, training and checkpoints (stage models)."""
 
 from rgm_ray.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
+from rgm_ray.models.pixelcnnpp_sampling import sample_pixelcnnpp
+from rgm_ray.models.registry import GENERATOR_NAMES, GeneratorFamily, family_for_kind, get_family
 from rgm_ray.models.resnet import ResNet, ResNetConfig
 from rgm_ray.models.vae import VAE, VAEConfig
 
-__all__ = ["CheckpointError", "PixelCNNpp", "PixelCNNppConfig", "ResNet", "ResNetConfig", "VAE", "VAEConfig",
-           "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "GENERATOR_NAMES", "GeneratorFamily", "PixelCNNpp", "PixelCNNppConfig", "ResNet",
+           "ResNetConfig", "VAE", "VAEConfig", "family_for_kind", "get_family", "load_checkpoint",
+           "sample_pixelcnnpp", "save_checkpoint"]

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
+from rgm_ray.models.registry import FAMILIES
 from rgm_ray.models.resnet import ResNet, ResNetConfig
-from rgm_ray.models.vae import VAE, VAEConfig
 from rgm_ray.store.atomic import atomic_directory
 
 FORMAT = "rgm_ray.checkpoint/1"
@@ -25,9 +24,8 @@ WEIGHTS_FILE = "model.pt"
 TRAINER_FILE = "trainer.pt"  # optimizer/scheduler/RNG state, only needed to resume training
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
-    PixelCNNpp.kind: (PixelCNNppConfig, PixelCNNpp),
-    VAE.kind: (VAEConfig, VAE),
-    ResNet.kind: (ResNetConfig, ResNet),
+    **{family.kind: (family.config_class, family.model_class) for family in FAMILIES},
+    ResNet.kind: (ResNetConfig, ResNet),  # the domain network: checkpointed, but not a generator
 }
 
 

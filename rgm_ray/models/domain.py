@@ -4,6 +4,10 @@ It is this project's offline stand-in for Inception-V3 (no pretrained weights ca
 here): its pooled features feed the importance-weight classifier (``--backbone domain``) and FID/KID,
 its logits give a domain Inception Score. Numbers computed with it are labelled "domain", never
 presented as Inception numbers.
+
+:func:`ensure_domain` is the one way a stage gets a domain network: it reuses a checkpoint trained on
+the same dataset with the same config and trains one otherwise, with :data:`DEFAULT_DOMAIN` unless the
+caller brings its own config (the pipeline passes its preset's ``domain`` section).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from rgm_ray.data import ImageDataset
-from rgm_ray.models.checkpoint import save_checkpoint
+from rgm_ray.data import ImageDataset, load_dataset
+from rgm_ray.models.checkpoint import CONFIG_FILE, read_checkpoint_config, save_checkpoint
 from rgm_ray.models.resnet import ResNet, ResNetConfig, preprocess
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.tracking import NullTracker, Tracker
@@ -48,6 +52,22 @@ class DomainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DomainConfig":
         return strict_from_dict(cls, d, "domain")
+
+
+# The domain network ``rgm weigh`` and ``rgm evaluate`` train when given no --domain-checkpoint (~1 min
+# on 2 CPU cores): a quick one, trained on the first 6400 train images only, so the weigh stage can
+# keep the rest of the train split as an unseen real pool. Changing it changes the numbers of those
+# standalone runs (the pipeline always passes its own config).
+DEFAULT_DOMAIN = DomainConfig(epochs=1, batch_size=128, train_images=6400)
+
+
+@dataclass(frozen=True)
+class DomainCheckpoint:
+    """A domain ResNet checkpoint directory that :func:`ensure_domain` made sure of."""
+
+    path: Path
+    trained: bool  # True: trained by this call; False: a matching checkpoint was reused
+    metrics: dict[str, Any]  # as recorded when it was trained (test accuracy, sizes, seconds)
 
 
 @torch.no_grad()
@@ -101,3 +121,25 @@ def train_domain_classifier(train: ImageDataset, test: ImageDataset, config: Dom
     save_checkpoint(out, model.cpu(), meta={"dataset": train.name, "classes": list(train.classes),
                                            "domain_config": asdict(config), "metrics": summary})
     return summary
+
+
+def _trained_as(path: Path, dataset: str, config: DomainConfig) -> bool:
+    """True when ``path`` holds a domain checkpoint trained on ``dataset`` with ``config``."""
+    if not (path / CONFIG_FILE).is_file():
+        return False
+    record = read_checkpoint_config(path)
+    return record.get("dataset") == dataset and record.get("domain_config") == asdict(config)
+
+
+def ensure_domain(dataset: str, out: str | Path, config: DomainConfig = DEFAULT_DOMAIN, *,
+                  root: str | Path | None = None, tracker: Tracker | None = None, device: torch.device | None = None,
+                  progress: Callable[..., Any] | None = None) -> DomainCheckpoint:
+    """The domain network for ``dataset`` in ``out``: reused when ``out`` holds one trained on ``dataset``
+    with ``config``, else trained on its train split (test accuracy on its test split) and written
+    atomically to ``out``, replacing whatever checkpoint was there."""
+    out = Path(out)
+    trained = not _trained_as(out, dataset, config)
+    if trained:
+        train_domain_classifier(load_dataset(dataset, "train", root), load_dataset(dataset, "test", root), config,
+                                out, tracker=tracker, device=device, progress=progress)
+    return DomainCheckpoint(out, trained, read_checkpoint_config(out)["metrics"])

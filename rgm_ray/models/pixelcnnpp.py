@@ -1,13 +1,11 @@
-"""PixelCNN++ (Salimans et al. 2017): config, network, likelihood in bits/dim and the naive sampler.
+"""PixelCNN++ (Salimans et al. 2017): config, network and likelihood in bits/dim.
 
 The network maps an image in [-1, 1] to discretized-logistic-mixture parameters for every pixel
 (``logistic_mixture`` documents the layout); the output at (i, j) depends only on pixels before
 (i, j) in raster order, and the RGB coupling within a pixel lives in the likelihood.
 
-Sampling is split from the model: a sampler is a function ``(model, mix_u, pix_u) -> uint8 images``
-that consumes noise from ``draw_sampling_noise``. Every sampler must consume that noise in the same
-way, so different samplers (the naive one here, a cached one elsewhere) give identical images for the
-same seed, and image ``j`` of a call depends only on ``(seed, j)``, not on the batch size.
+Sampling is a procedure on top of the network, not part of it: it lives in ``pixelcnnpp_sampling``
+(naive and cached samplers, ``sample_pixelcnnpp``), which imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.models.pixelcnnpp_layers import (
@@ -36,7 +33,6 @@ from rgm_ray.models.pixelcnnpp_layers import (
     down_shift,
     right_shift,
 )
-from rgm_ray.seeding import torch_generator
 
 NUM_RESOLUTIONS = 3  # e.g. 32 -> 16 -> 8; hence image_size must be divisible by 4
 
@@ -167,21 +163,6 @@ class PixelCNNpp(nn.Module):
         c, s = self.config.in_channels, self.config.image_size
         return bits_per_dim(self.log_prob(x_uint8), c * s * s).mean()
 
-    def sample(
-        self, n: int, *, seed: int, batch_size: int = 64, sampler: str = "cached", progress: bool = False
-    ) -> Tensor:
-        """Draw ``n`` images as uint8 [n,C,H,W] on the CPU; image j depends only on (seed, j)."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; known samplers: {sorted(SAMPLERS)}")
-        if n < 1 or batch_size < 1:
-            raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
-        batches = []
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            mix_u, pix_u = draw_sampling_noise(count, self.config, seed, first_index=start)
-            batches.append(SAMPLERS[sampler](self, mix_u, pix_u, progress=progress).cpu())
-        return torch.cat(batches)
-
     def _check_shape(self, x: Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
@@ -190,23 +171,6 @@ class PixelCNNpp(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-
-def draw_sampling_noise(
-    n: int, config: PixelCNNppConfig, seed: int, *, first_index: int = 0
-) -> tuple[Tensor, Tensor]:
-    """The uniform noise every sampler consumes, for images ``first_index .. first_index + n - 1``.
-
-    Image j draws from ``torch_generator(seed, j)`` first ``mix_u`` [H,W,K] (component choice), then
-    ``pix_u`` [H,W,C] (logistic draws). Returns CPU tensors ``mix_u`` [n,H,W,K] and ``pix_u`` [n,H,W,C].
-    """
-    s, k, c = config.image_size, config.nr_logistic_mix, config.in_channels
-    mix, pix = [], []
-    for j in range(first_index, first_index + n):
-        gen = torch_generator(seed, j)
-        mix.append(torch.rand(s, s, k, generator=gen))
-        pix.append(torch.rand(s, s, c, generator=gen))
-    return torch.stack(mix), torch.stack(pix)
 
 
 @contextmanager
@@ -222,57 +186,3 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def check_noise(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor) -> None:
-    """Raise ValueError unless the noise has the shapes ``draw_sampling_noise`` gives for this model."""
-    cfg = model.config
-    s = cfg.image_size
-    if mix_u.dim() != 4 or pix_u.dim() != 4 or mix_u.shape[0] != pix_u.shape[0]:
-        raise ValueError(
-            f"mix_u and pix_u must be [B,H,W,K] and [B,H,W,C], got {tuple(mix_u.shape)}, {tuple(pix_u.shape)}"
-        )
-    expected_mix, expected_pix = (s, s, cfg.nr_logistic_mix), (s, s, cfg.in_channels)
-    if tuple(mix_u.shape[1:]) != expected_mix or tuple(pix_u.shape[1:]) != expected_pix:
-        raise ValueError(
-            f"noise shapes {tuple(mix_u.shape)}, {tuple(pix_u.shape)} do not fit the model "
-            f"(expected [B,{s},{s},{cfg.nr_logistic_mix}] and [B,{s},{s},{cfg.in_channels}])"
-        )
-
-
-def sample_naive(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor, *, progress: bool = False) -> Tensor:
-    """Reference sampler: one full forward pass per pixel position in raster order.
-
-    ``mix_u`` [B,H,W,K] and ``pix_u`` [B,H,W,C] come from ``draw_sampling_noise``; returns uint8
-    [B,C,H,W] on the model's device. Costs H*W full passes, which is what cached sampling avoids.
-    """
-    check_noise(model, mix_u, pix_u)
-    device = model.device
-    mix_u, pix_u = mix_u.to(device), pix_u.to(device)
-    batch, size, channels = mix_u.shape[0], model.config.image_size, model.config.in_channels
-    positions = [(i, j) for i in range(size) for j in range(size)]
-    with eval_no_grad(model):
-        dtype = next(model.parameters()).dtype  # a float64 model samples in float64 (see pixelcnnpp_cached)
-        # Unfilled pixels have no influence.
-        canvas = torch.zeros(batch, channels, size, size, device=device, dtype=dtype)
-        for i, j in tqdm(positions, disable=not progress, desc="naive sampling", unit="px"):
-            params = model(canvas)[:, :, i, j]  # [B,P]
-            pixel = lm.sample_pixels(params, mix_u[:, i, j], pix_u[:, i, j])  # uint8 [B,C]
-            canvas[:, :, i, j] = lm.to_unit_range(pixel)
-    return lm.to_uint8(canvas)
-
-
-def sample_cached(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor, *, progress: bool = False) -> Tensor:
-    """Fast sampler with activation caches: ``sample_naive``'s images for ~1 forward pass of work.
-
-    Lives in ``pixelcnnpp_cached`` (which also explains float32 rounding); that module imports this
-    one, hence the import at call time.
-    """
-    from rgm_ray.models.pixelcnnpp_cached import sample_cached as sample
-
-    return sample(model, mix_u, pix_u, progress=progress)
-
-
-# A sampler maps (model, mix_u, pix_u, *, progress) to uint8 images; all consume noise identically.
-Sampler = Callable[..., Tensor]
-SAMPLERS: dict[str, Sampler] = {"naive": sample_naive, "cached": sample_cached}

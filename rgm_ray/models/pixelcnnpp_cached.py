@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rgm_ray.models import logistic_mixture as lm
-from rgm_ray.models.pixelcnnpp import PixelCNNpp, check_noise, eval_no_grad
+from rgm_ray.models.pixelcnnpp import PixelCNNpp, eval_no_grad
 from rgm_ray.models.pixelcnnpp_cache_graph import INPUT, Term
 from rgm_ray.models.pixelcnnpp_cache_plan import Invocation, Plan, build_plan
+from rgm_ray.models.pixelcnnpp_noise import check_noise
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from torch import nn
 
 from rgm_ray.models.checkpoint import (WEIGHTS_FILE, load_trainer_state, load_weights,
                                        read_checkpoint_config, save_checkpoint)
+from rgm_ray.models.registry import family_for_kind
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store.atomic import atomic_write_json
 from rgm_ray.tracking import NullTracker, Tracker
@@ -162,7 +163,7 @@ def train(model: nn.Module, train_images: np.ndarray, test_images: np.ndarray, c
 
     final = read_checkpoint_config(ckpt)["metrics"] if not metrics else metrics
     model.eval()
-    grid = model.sample(config.grid_images, seed=config.seed).cpu().numpy()
+    grid = family_for_kind(model.kind).draw(model, config.grid_images, seed=config.seed)
     save_image_grid(grid, out / SAMPLES_PNG)
     summary = {"kind": model.kind, "steps": step, "epochs": step / steps_per_epoch,
                KEY_TRAIN_SECONDS: elapsed,

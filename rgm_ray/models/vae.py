@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.seeding import torch_generator
 
-SAMPLE_MODES = ("mean", "sample")
+SAMPLE_MODES = ("mean", "sample")  # the first is the default
+DEFAULT_BATCH_SIZE = 256
 _SUPPORTED_CHANNELS = (1, 3)
 
 
@@ -135,7 +136,7 @@ class VAE(nn.Module):
         return -self.elbo(x_uint8).mean() / (dims * math.log(2.0))
 
     @torch.no_grad()
-    def sample(self, n: int, *, seed: int, batch_size: int = 256, mode: str = "mean") -> Tensor:
+    def sample(self, n: int, *, seed: int, batch_size: int = DEFAULT_BATCH_SIZE, mode: str = "mean") -> Tensor:
         """``n`` images as CPU uint8 [n,C,H,W]; image ``j`` depends only on ``(seed, j)``, not on batching.
 
         ``mode="mean"`` decodes to the most likely pixel values (the smooth, blurry image VAE papers

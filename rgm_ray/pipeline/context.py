@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.generate import ClusterOptions
-from rgm_ray.presets import Preset, section
+from rgm_ray.pipeline.presets import Preset, section
+from rgm_ray.runtime import ClusterOptions
+
 
 @dataclass
 class Context:
@@ -18,10 +19,14 @@ class Context:
     track: bool = True
     retrain: bool = False
     inception_weights: str | None = None  # local Inception-V3 weights file (paper preset)
-    outputs: dict[str, Any] = field(default_factory=dict)  # stage name -> its outputs
+    outputs: dict[str, Any] = field(default_factory=dict)  # stage name -> its result, as recorded
 
     def config(self, name: str) -> Any:
         return section(self.preset, name)
+
+    @property
+    def generators(self) -> tuple[str, ...]:
+        return self.config("pipeline").generators
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)

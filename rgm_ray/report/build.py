@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.report.document import Figure, Section, Table, to_html, to_markdown
 from rgm_ray.store.atomic import atomic_write_bytes
 from rgm_ray.tune.results import SUMMARY_CSV
@@ -20,7 +21,7 @@ from rgm_ray.tune.results import SUMMARY_CSV
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 STATE_FILE = "pipeline.json"
-NAMES = {"vae": "VAE", "pixelcnn": "PixelCNN++"}
+NAMES = {name: get_family(name).display_name for name in GENERATOR_NAMES}  # in pipeline order
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

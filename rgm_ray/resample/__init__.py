@@ -13,6 +13,9 @@ __all__ = ["gumbel_keys", "gumbel_top_k", "merge_top_k", "multinomial_resample",
            "shard_top_k", "split_counts_across_shards"]
 
 # The stage on Ray (sharded selection, output set, summary).
-from rgm_ray.resample.stage import ResampleConfig, resample_sample_set, select  # noqa: E402
+from rgm_ray.resample.config import ResampleConfig  # noqa: E402
+from rgm_ray.resample.selection import select  # noqa: E402
+from rgm_ray.resample.stage import (ResampleResult, ResampleSpec, is_complete,  # noqa: E402
+                                    resample_sample_set)
 
-__all__ += ["ResampleConfig", "resample_sample_set", "select"]
+__all__ += ["ResampleConfig", "ResampleResult", "ResampleSpec", "is_complete", "resample_sample_set", "select"]

@@ -13,7 +13,6 @@ Every problem is a :class:`ConfigError` naming the file, the key and the reason.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import dataclass, fields
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from rgm_ray import configs
 from rgm_ray.data import DATASET_NAMES
 from rgm_ray.ssl.sources import SourceSpec, parse_source
 from rgm_ray.ssl.trainer import SSLConfig, parse_labels
@@ -121,25 +121,12 @@ class SweepConfig:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], origin: str = "--set") -> dict[str, Any]:
-    """Copy of ``raw`` with ``key.path=value`` overrides (values parsed as YAML, e.g. ``grid.seed=[0,1]``)."""
-    result = copy.deepcopy(raw)
-    for item in overrides:
-        path, sep, text = item.partition("=")
-        keys = path.strip().split(".")
-        if not sep or not all(keys):
-            raise ConfigError(origin, path or item, "override must look like key.path=value, e.g. train.epochs=1")
-        node = result
-        for depth, key in enumerate(keys[:-1]):
-            if node.get(key) is None:  # a missing or null section (e.g. scheduler: null) can be filled in
-                node[key] = {}
-            node = node[key]
-            if not isinstance(node, dict):
-                raise ConfigError(origin, ".".join(keys[:depth + 1]), "is not a mapping, so it has no sub-keys")
-        try:
-            node[keys[-1]] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(origin, path, f"value {text!r} is not valid YAML ({exc})") from exc
-    return result
+    """Copy of ``raw`` with ``key.path=value`` overrides (values parsed as YAML, e.g. ``grid.seed=[0,1]``);
+    a missing or null section is created. Problems are :class:`ConfigError` naming the key."""
+    try:
+        return configs.apply_overrides(raw, overrides, origin=origin)
+    except configs.OverrideError as exc:
+        raise ConfigError(origin, exc.key, f"{exc.reason} (override {exc.override!r})") from exc
 
 
 def load_sweep_config(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:

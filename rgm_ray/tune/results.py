@@ -239,11 +239,12 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, title: str
     differences = paired_differences(rows, reference) if reference else []
     selected_diffs = selected_differences(rows, selected, reference) if reference else []
     files = {TRIALS_CSV: to_csv(rows), SUMMARY_CSV: to_csv(groups),
-             SELECTED_CSV: to_csv([{**g, **_diff_columns(selected_diffs, g)} for g in selected]),
-             SUMMARY_MD: to_markdown(title, groups, selected, best, differences, selected_diffs, reference)}
+             SELECTED_CSV: to_csv([{**g, **_diff_columns(selected_diffs, g)} for g in selected])}
     if reference:
         files[DIFFERENCES_CSV] = to_csv(differences, ["labels", "source", "reference", "sl_weight", "n_pairs",
                                                       "diff_mean", "diff_std", "diff_ci_low", "diff_ci_high"])
+    # summary.md last: its presence is what marks the sweep finished
+    files[SUMMARY_MD] = to_markdown(title, groups, selected, best, differences, selected_diffs, reference)
     for name, text in files.items():
         atomic_write_bytes(out / name, text.encode())
     return {"groups": groups, "selected": selected, "best": best, "differences": differences,

@@ -16,11 +16,12 @@ import contextlib
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rgm_ray.data import load_dataset
+from rgm_ray.results import StageResult
 from rgm_ray.runtime import init_ray
 from rgm_ray.ssl.sources import NONE, REAL, open_sample_set_source
 from rgm_ray.ssl.stage import select_indices
@@ -159,8 +160,36 @@ def _row(result: Any) -> dict[str, Any]:
             KEY_BEST_EPOCH: metrics.get(KEY_BEST_EPOCH), "epochs_run": metrics.get(KEY_EPOCH), "error": error}
 
 
+@dataclass(frozen=True)
+class SweepResult(StageResult):
+    sweep: str = ""
+    trials: int = 0
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    resources_per_trial: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    selected: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    ray_results: str = ""
+    scheduler: dict[str, Any] | None = None
+
+    @property
+    def message(self) -> str:
+        m = self.metrics
+        lines = [f"sweep '{self.sweep}': {m[COMPLETED]:.0f}/{self.trials} trials completed ({m[STOPPED]:.0f} "
+                 f"stopped early, {m[ERROR]:.0f} failed) in {m['seconds']:.0f} s"]
+        if self.best is not None:
+            b = self.best
+            lines.append(f"best on validation: labels={b['labels']} source={b['source']} w={b['sl_weight']:g} "
+                         f"(val {100 * b['val_acc_mean']:.2f} %, test {100 * b['test_acc_mean']:.2f} %, n={b['n']})")
+        lines.append(f"tables: {self.files['summary.md']}, {self.files['summary.csv']}")
+        if self.tracking_uri:
+            lines.append(f"MLflow: experiment '{self.experiment}' at {self.tracking_uri}")
+        return "\n".join(lines)
+
+
 def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: str | None = None,
-              track: bool = True, overwrite: bool = False) -> dict[str, Any]:
+              track: bool = True, overwrite: bool = False) -> SweepResult:
     """Run every cell of ``config`` on Ray Tune and write the tables into ``out`` (default: the config's)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -206,8 +235,14 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
         raise SweepFailedError(f"sweep '{config.name}': no trial completed ({counts[ERROR]} failed; first error: "
                                f"{first}); Tune logs under {storage / config.name}")
     tables = write_results(out, rows, title=f"Sweep '{config.name}' ({config.dataset})", reference=config.compare_to)
-    return {"sweep": config.name, "out": str(out), "trials": len(rows), **counts, "seconds": seconds,
-            "tracking_uri": tracking_uri, "experiment": config.experiment_name if tracking_uri else None,
-            "resources_per_trial": resources, "best": tables["best"], "selected": tables["selected"],
-            "files": tables["files"], "ray_results": str(storage / config.name),
-            "scheduler": None if config.scheduler is None else asdict(config.scheduler)}
+    return SweepResult(out=str(out), metrics={"seconds": seconds, **{k: float(v) for k, v in counts.items()}},
+                       sweep=config.name, trials=len(rows), tracking_uri=tracking_uri,
+                       experiment=config.experiment_name if tracking_uri else None, resources_per_trial=resources,
+                       best=tables["best"], selected=tables["selected"], files=tables["files"],
+                       ray_results=str(storage / config.name),
+                       scheduler=None if config.scheduler is None else asdict(config.scheduler))
+
+
+def is_complete(out: str | Path) -> bool:
+    """The sweep in ``out`` finished: its tables are written, ``summary.md`` last."""
+    return (Path(out) / SUMMARY_MD).is_file()

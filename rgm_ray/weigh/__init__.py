@@ -20,7 +20,7 @@ _EXPORTS = {
     "classifier": ("HeadConfig",),
     "crossfit": ("CrossFitPlan", "FoldSplit", "assign_folds", "plan_crossfit"),
     "scoring": ("LogWeightScorer", "Scores", "ScoringOptions", "score_sample_set"),
-    "stage": ("WeighConfig", "WeighOutcome", "weigh"),
+    "stage": ("WeighConfig", "WeighResult", "WeighSpec", "is_complete", "weigh"),
     "weigher": ("LogWeightModel", "load_weigher", "read_crossfit"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -1,8 +1,9 @@
 """The two image pools the weigher compares: real data and generated samples (or the noise baseline).
 
-``--real`` is either a sample-set directory or a dataset name; a dataset name means its *train*
-split, sample ids = row indices (as ``rgm data export`` writes them). Images are fetched by id and
-only for the ids the cross-fitting plan uses, so a 60K-image real pool costs nothing beyond them.
+``--real`` is resolved by :func:`rgm_ray.store.real.resolve_real`: a dataset name means its *train*
+split, sample ids = row indices (as ``rgm data export`` writes them); anything else must be a
+sample-set directory. Images are fetched by id and only for the ids the cross-fitting plan uses, so a
+60K-image real pool costs nothing beyond them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from rgm_ray.data import DATASET_NAMES, load_dataset
+from rgm_ray.data import ImageDataset
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store import IMAGE, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images, make_table, provenance
+from rgm_ray.store.real import resolve_real
 
 REAL_SPLIT = "train"
 NOISE_SOURCE = "baseline:uniform-noise"
@@ -46,11 +48,11 @@ class ImagePool:
         return replace(self, ids=kept)
 
 
-def dataset_pool(name: str, root: str | Path | None = None) -> ImagePool:
-    """The train split of dataset ``name``."""
-    data = load_dataset(name, REAL_SPLIT, root)
-    return ImagePool(f"--real {name}", f"dataset:{name}/{REAL_SPLIT}:{data.source}:{len(data)}", data.shape,
-                     np.arange(len(data), dtype=np.int64), lambda ids: data.images[ids], (name, REAL_SPLIT))
+def dataset_pool(data: ImageDataset) -> ImagePool:
+    """A dataset split in memory, sample ids = row indices."""
+    name, split = data.name, data.split
+    return ImagePool(f"--real {name}", f"dataset:{name}/{split}:{data.source}:{len(data)}", data.shape,
+                     np.arange(len(data), dtype=np.int64), lambda ids: data.images[ids], (name, split))
 
 
 def _set_identity(samples: SampleSet) -> str:
@@ -92,13 +94,11 @@ def sample_set_pool(samples: SampleSet, name: str) -> ImagePool:
 
 
 def open_real(spec: str, root: str | Path | None = None) -> ImagePool:
-    """``--real``: an existing sample-set directory, else a dataset name (its train split)."""
-    if Path(spec).is_dir():
-        return sample_set_pool(SampleSet(spec), f"--real {spec}")
-    if spec in DATASET_NAMES:
-        return dataset_pool(spec, root)
-    raise ValueError(f"--real {spec!r}: neither a sample-set directory nor a dataset name "
-                     f"(known datasets: {', '.join(DATASET_NAMES)})")
+    """``--real``: a dataset name's train split, else a sample-set directory (:func:`resolve_real`)."""
+    real = resolve_real(spec, REAL_SPLIT, root)
+    if real.dataset is not None:
+        return dataset_pool(real.dataset)
+    return sample_set_pool(real.samples, f"--real {spec}")
 
 
 def check_compatible(real: ImagePool, generated: ImagePool) -> None:

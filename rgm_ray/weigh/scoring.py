@@ -3,7 +3,7 @@
 ``read_parquet`` (one block per shard) feeds ``map_batches`` with :class:`LogWeightScorer`, a callable
 class that loads the fitted weigher once per actor. Each actor takes a *fractional* CPU by default:
 a pool whose actors hold every CPU starves Ray Data's read tasks and hangs without a message (ray
-issue 44687), so :func:`resolve_workers` refuses such a pool. Results are collected on the driver and
+issue 44687), so ``runtime.worker_count(reserve_cpu=True)`` refuses such a pool. Results are collected on the driver and
 joined back by ``sample_id``; Ray Data's block layout never leaks into the output.
 
 The weights do not depend on batch size, worker count or block layout: the weigher evaluates its
@@ -13,16 +13,15 @@ model from its id alone.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from rgm_ray.runtime import autodetect_device, init_ray, set_torch_threads
+from rgm_ray.runtime import ClusterOptions, autodetect_device, init_ray, set_torch_threads, worker_count
 from rgm_ray.store import IMAGE, LOG_WEIGHT, SAMPLE_ID, SampleSet
 from rgm_ray.weigh.weigher import load_weigher
 
@@ -33,13 +32,9 @@ BLOCKS_PER_WORKER = 4
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """Where and how wide to score; none of this changes the weights."""
+    """How the scoring pass cuts its work; none of this changes the weights."""
 
-    workers: int | None = None  # default: fill the cluster, leaving a CPU for Ray Data's reads
-    cpus_per_worker: float = 0.5
-    gpus_per_worker: float = 0.0
     batch_size: int = 256
-    address: str | None = None  # None: local Ray (or $RAY_ADDRESS inside a Ray job)
     # Blocks to repartition into before scoring. Ray Data packs Parquet files into few read blocks (up
     # to 128 MB each; a 3 MB set of 4 shards arrived as one block), and most actors would idle.
     # Repartitioning spreads it over the pool at the price of a barrier (the image column is held in the
@@ -48,37 +43,10 @@ class ScoringOptions:
     blocks: int | None = None
 
     def __post_init__(self) -> None:
-        if self.workers is not None and (isinstance(self.workers, bool) or self.workers <= 0):
-            raise ValueError(f"workers must be a positive int, got {self.workers!r}")
-        if not self.cpus_per_worker > 0 or self.gpus_per_worker < 0:
-            raise ValueError(f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got {self}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.blocks is not None and (isinstance(self.blocks, bool) or self.blocks < 0):
             raise ValueError(f"blocks must be a non-negative int, got {self.blocks!r}")
-
-
-def resolve_workers(options: ScoringOptions, resources: Mapping[str, float]) -> int:
-    """Actor-pool size for ``options`` on a cluster with ``resources`` (``ray.cluster_resources()``).
-
-    Reserves one CPU (half of a single-CPU cluster) for the read tasks; a pool that would not leave
-    it is refused instead of deadlocking.
-    """
-    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    budget = cpus - min(1.0, cpus / 2)
-    fits = math.floor(budget / options.cpus_per_worker + 1e-9)
-    if options.gpus_per_worker > 0:
-        if gpus < options.gpus_per_worker:
-            raise ValueError(f"--gpus-per-worker {options.gpus_per_worker:g} but the cluster has {gpus:g} GPU(s)")
-        fits = min(fits, math.floor(gpus / options.gpus_per_worker + 1e-9))
-    workers = options.workers or max(fits, 1)
-    if workers > fits:
-        raise ValueError(
-            f"{workers} scoring worker(s) x {options.cpus_per_worker:g} CPU"
-            + (f" x {options.gpus_per_worker:g} GPU" if options.gpus_per_worker else "")
-            + f" do not fit in {cpus:g} CPU(s) / {gpus:g} GPU(s) while leaving {cpus - budget:g} CPU for Ray Data's "
-            "read tasks (an actor pool holding every CPU hangs); use fewer --workers or a smaller --cpus-per-worker")
-    return workers
 
 
 def decode_image_values(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -129,24 +97,24 @@ def check_scores(sample_ids: np.ndarray, log_weights: np.ndarray, folds: np.ndar
                          f"{sample_ids[i]} (fold model {folds[i]}); the classifier diverged")
 
 
-def score_sample_set(samples: SampleSet, weigher_dir: str, options: ScoringOptions = ScoringOptions(), *,
+def score_sample_set(samples: SampleSet, weigher_dir: str, cluster: ClusterOptions,
+                     options: ScoringOptions = ScoringOptions(), *,
                      progress: Callable[..., Any] | None = None) -> Scores:
     """Log-weight of every row of ``samples`` from the weigher in ``weigher_dir`` (a path every worker can read)."""
     import ray
 
-    init_ray(options.address)
-    workers = resolve_workers(options, ray.cluster_resources())
+    init_ray(cluster.address)
+    workers = worker_count(cluster, ray.cluster_resources(), reserve_cpu=True)
     expected = np.sort(samples.read([SAMPLE_ID])[SAMPLE_ID].astype(np.int64))
     dataset = ray.data.read_parquet([str(p) for p in samples.shard_paths]).select_columns([SAMPLE_ID, IMAGE])
     blocks = BLOCKS_PER_WORKER * workers if options.blocks is None else options.blocks
     if blocks:
         dataset = dataset.repartition(blocks)
-    device = "cuda" if options.gpus_per_worker > 0 else "cpu"
     scored = dataset.map_batches(
-        LogWeightScorer, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=options.cpus_per_worker,
-        num_gpus=options.gpus_per_worker, batch_size=options.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"weigher_dir": str(weigher_dir), "threads": max(1, int(options.cpus_per_worker)),
-                               "device": device})
+        LogWeightScorer, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cluster.cpus_per_worker,
+        num_gpus=cluster.gpus_per_worker, batch_size=options.batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"weigher_dir": str(weigher_dir), "threads": cluster.threads,
+                               "device": cluster.device})
     bar = progress(total=len(expected), desc="score", unit="img") if progress else None
     started = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {SAMPLE_ID: [], LOG_WEIGHT: [], FOLD: [], WORKER: []}

@@ -30,18 +30,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rgm_ray.data import load_dataset
+from rgm_ray.configs import strict_from_dict
 from rgm_ray.models.checkpoint import read_checkpoint_config
-from rgm_ray.models.domain import DomainConfig, train_domain_classifier
-from rgm_ray.runtime import autodetect_device
-from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, ArtefactExistsError, SampleSet, SampleSetWriter,
-                           decode_images, make_table, provenance)
+from rgm_ray.models.domain import DEFAULT_DOMAIN, DomainConfig, ensure_domain
+from rgm_ray.results import StageResult
+from rgm_ray.runtime import ClusterOptions, autodetect_device
+from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images,
+                           make_table, provenance)
+from rgm_ray.store.completion import check_not_inside, completion_problem, mark_complete, stage_output
 from rgm_ray.tracking import NullTracker, Tracker
 from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
 from rgm_ray.weigh.calibration import DEFAULT_BINS, KEY_ACCURACY, KEY_ECE, fit_temperature
 from rgm_ray.weigh.classifier import HeadConfig, build_head, train_head
 from rgm_ray.weigh.crossfit import CrossFitPlan, plan_crossfit
-from rgm_ray.weigh.diagnostics import (AFTER, BEFORE, HeldOut, calibration_metrics_to_log, calibration_report,
+from rgm_ray.weigh.diagnostics import (AFTER, BEFORE, CALIBRATION_JSON, ESS_ALPHA_PNG, HISTOGRAM_PNG, RELIABILITY_PNG,
+                                       WEIGHTS_SUMMARY_JSON, HeldOut, calibration_metrics_to_log, calibration_report,
                                        write_calibration, write_weight_diagnostics)
 from rgm_ray.weigh.features import DEFAULT_CHUNK, cached_features, extract_features, feature_cache_key
 from rgm_ray.weigh.inputs import ImagePool, check_compatible, open_real, sample_set_pool, write_noise_set
@@ -51,17 +54,20 @@ from rgm_ray.weigh.weigher import WeigherConfig, apply_temperature, head_logits,
 
 DOMAIN_DIR, NOISE_DIR, FEATURES_DIR = "domain", "noise", "features"
 CLASSIFIER_DIR, WEIGHTED_DIR = "classifier", "weighted"
+STAGE = "weigh"
+ARTEFACTS = (WEIGHTED_DIR, CLASSIFIER_DIR, CALIBRATION_JSON, WEIGHTS_SUMMARY_JSON, RELIABILITY_PNG, HISTOGRAM_PNG,
+             ESS_ALPHA_PNG)
+CACHES = (DOMAIN_DIR, NOISE_DIR, FEATURES_DIR)
+SCORING_CLUSTER = ClusterOptions(cpus_per_worker=0.5)  # Ray Data actors must leave CPUs for the read tasks
 CALIBRATIONS = ("temperature", "none")
 BASELINES = ("noise",)
-# Quick domain backbone for runs that do not bring one (~1 min on 2 CPU cores); its rows leave the real pool.
-QUICK_DOMAIN = DomainConfig(epochs=1, batch_size=128, train_images=6400)
 KEY_SCORING_SECONDS = "scoring_seconds"
 KEY_SCORING_DIFF = "scoring_max_abs_diff"
 
 
 @dataclass(frozen=True)
 class WeighConfig:
-    """Everything that changes the weights (cluster settings live in ``ScoringOptions``)."""
+    """Everything that changes the weights (a preset's ``weigh`` section; where it runs is ``ClusterOptions``)."""
 
     backbone: str = "domain"
     domain_checkpoint: str | None = None
@@ -71,7 +77,7 @@ class WeighConfig:
     calibration_fraction: float = 0.2
     max_per_class: int | None = None  # cap on fitting data per class (None: the smaller pool)
     head: HeadConfig = field(default_factory=HeadConfig)
-    domain: DomainConfig = QUICK_DOMAIN  # used only when the stage trains the domain backbone itself
+    domain: DomainConfig = DEFAULT_DOMAIN  # used only when the stage trains the domain backbone itself
     seed: int = 0
     bins: int = DEFAULT_BINS
     chunk: int = DEFAULT_CHUNK
@@ -86,20 +92,15 @@ class WeighConfig:
         if self.backbone != "inception" and self.inception_weights is not None:
             raise ValueError(f"--inception-weights only applies to --backbone inception, not {self.backbone!r}")
 
-
-@dataclass(frozen=True)
-class WeighOutcome:
-    summary: dict[str, Any]  # JSON-able: what the CLI prints and the tracker gets
-    scores: Scores  # every generated sample's log-weight and the fold model that produced it
-    plan: CrossFitPlan
-
-
-def _own_domain_matches(path: Path, dataset: str, config: DomainConfig) -> bool:
-    """True when ``path`` holds a domain backbone this stage trained on ``dataset`` with ``config``."""
-    if not (path / "config.json").is_file():
-        return False
-    record = read_checkpoint_config(path)
-    return record.get("dataset") == dataset and record.get("domain_config") == asdict(config)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WeighConfig":
+        """From a preset's ``weigh`` section: nested ``head`` / ``domain`` mappings become their configs."""
+        d = dict(d)
+        if "head" in d:
+            d["head"] = strict_from_dict(HeadConfig, d["head"], "weigh.head")
+        if "domain" in d:
+            d["domain"] = DomainConfig.from_dict(d["domain"])
+        return strict_from_dict(cls, d, "weigh")
 
 
 def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, device, tracker: Tracker,
@@ -115,13 +116,10 @@ def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, 
         if real.dataset is None or real.dataset[1] != "train":
             raise ValueError(f"--backbone domain needs --domain-checkpoint DIR when {real.name} is not a dataset's "
                              "train split (the stage trains the domain network on labelled real data)")
-        name = real.dataset[0]
-        if _own_domain_matches(path, name, config.domain):
-            notes.append(f"reused the domain backbone in {path}")
-        else:
-            train_domain_classifier(load_dataset(name, "train", root), load_dataset(name, "test", root),
-                                    config.domain, path, tracker=tracker, device=device, progress=progress)
-            notes.append(f"trained the domain backbone into {path} ({asdict(config.domain)})")
+        domain = ensure_domain(real.dataset[0], path, config.domain, root=root, tracker=tracker, device=device,
+                               progress=progress)
+        notes.append(f"trained the domain backbone into {path} ({asdict(config.domain)})" if domain.trained
+                     else f"reused the domain backbone in {path}")
     record = read_checkpoint_config(path)
     trained_on = record.get("dataset")
     train_images = (record.get("domain_config") or {}).get("train_images")
@@ -190,10 +188,11 @@ def _scoring_consistency(scores: Scores, plan: CrossFitPlan, held_out: list[Held
     return worst
 
 
-def _write_weighted(samples: SampleSet, scores: Scores, out: Path, *, overwrite: bool, info: dict[str, Any],
-                    command: str | None, seed: int) -> None:
-    """The input rows, shard for shard, plus ``log_weight`` looked up by ``sample_id``."""
-    with SampleSetWriter(out, source=samples.source, overwrite=overwrite, prov=provenance(command, seed),
+def _write_weighted(samples: SampleSet, scores: Scores, out: Path, *, info: dict[str, Any], command: str | None,
+                    seed: int) -> None:
+    """The input rows, shard for shard, plus ``log_weight`` looked up by ``sample_id`` (an unfinished
+    run's ``weighted/`` is replaced: the stage is not complete until ``_complete.json``)."""
+    with SampleSetWriter(out, source=samples.source, overwrite=True, prov=provenance(command, seed),
                          info=info) as writer:
         for table in samples.iter_tables([SAMPLE_ID, IMAGE, LABEL]):
             ids = table.column(SAMPLE_ID).to_numpy()
@@ -203,71 +202,122 @@ def _write_weighted(samples: SampleSet, scores: Scores, out: Path, *, overwrite:
                                     extra={LOG_WEIGHT: log_weights}))
 
 
-def weigh(real: str, samples: str | None, out: str | Path, config: WeighConfig = WeighConfig(),
-          scoring: ScoringOptions = ScoringOptions(), *, baseline: str | None = None, num_noise: int = 10000,
-          root: str | Path | None = None, overwrite: bool = False, tracker: Tracker | None = None,
-          progress: Callable[..., Any] | None = None, device: str | None = None,
-          command: str | None = None) -> WeighOutcome:
-    """Weigh ``samples`` (or the noise baseline) against ``real`` into ``out`` (layout in the module doc)."""
+@dataclass(frozen=True)
+class WeighSpec:
+    """What to weigh against what, into which directory (the method is ``config``)."""
+
+    real: str  # a dataset name (its train split) or a sample-set directory
+    out: str
+    samples: str | None = None  # the generated set; exactly one of samples / baseline
+    baseline: str | None = None
+    num_noise: int = 10000  # images of the noise baseline
+    root: str | None = None  # dataset root when ``real`` is a dataset name
+    config: WeighConfig = field(default_factory=WeighConfig)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    device: str | None = None  # fitting device on the driver (default: cuda if any)
+
+    def __post_init__(self) -> None:
+        if (self.samples is None) == (self.baseline is None):
+            raise ValueError("give exactly one of --samples DIR and --baseline noise")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; known: {', '.join(BASELINES)}")
+
+
+@dataclass(frozen=True)
+class WeighResult(StageResult):
+    weighted: str = ""
+    num_samples: int = 0
+    backbone: str = ""
+    folds: int = 0
+    calibration: str = ""
+    temperatures: tuple[float, ...] = ()
+    workers: int = 0
+    rows_per_worker: dict[int, int] = field(default_factory=dict)
+    feature_cache_hits: int = 0
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+    headline: str = ""
+
+    @property
+    def message(self) -> str:
+        return self.headline
+
+
+def is_complete(out: str | Path) -> bool:
+    """All of the stage's artefacts are in ``out`` and unchanged since it finished."""
+    return completion_problem(out, STAGE) is None
+
+
+def weigh(spec: WeighSpec, cluster: ClusterOptions = SCORING_CLUSTER, *, overwrite: bool = False,
+          tracker: Tracker | None = None, progress: Callable[..., Any] | None = None,
+          command: str | None = None) -> WeighResult:
+    """Weigh ``spec.samples`` (or the noise baseline) against ``spec.real`` into ``spec.out``.
+
+    The output (layout in the module doc) is published as a whole: the diagnostics, then the
+    weighted set, then ``_complete.json``; until that last write the directory is unfinished, and a
+    re-run resumes into it (feature caches and all). ``overwrite`` rebuilds a finished output beside
+    it and swaps it in only when the new one is complete.
+    """
     tracker = tracker or NullTracker()
-    out = Path(out)
+    config = spec.config
     started = time.perf_counter()
-    if (samples is None) == (baseline is None):
-        raise ValueError("give exactly one of --samples DIR and --baseline noise")
-    if baseline is not None and baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
-    if (out / WEIGHTED_DIR).exists() and not overwrite:
-        raise ArtefactExistsError(f"{out / WEIGHTED_DIR} already exists; pass --overwrite to replace it")
-    torch_device = autodetect_device(device)
+    inputs = [spec.samples] if spec.samples else []
+    if Path(spec.real).is_dir():
+        inputs.append(spec.real)
+    if config.domain_checkpoint:
+        inputs.append(config.domain_checkpoint)
+    check_not_inside(spec.out, inputs, flag="--out")
+    torch_device = autodetect_device(spec.device)
+    with stage_output(spec.out, STAGE, overwrite=overwrite, known=ARTEFACTS + CACHES) as out:
+        real_pool = open_real(spec.real, spec.root)
+        sample_set = (write_noise_set(out / NOISE_DIR, real_pool.shape, spec.num_noise, config.seed) if spec.baseline
+                      else SampleSet(spec.samples))
+        gen_pool = sample_set_pool(sample_set, "--baseline noise" if spec.baseline else f"--samples {spec.samples}")
+        check_compatible(real_pool, gen_pool)
+        backbone_spec, real_pool, notes = _resolve_backbone(config, real_pool, out, root=spec.root,
+                                                            device=torch_device, tracker=tracker, progress=progress)
+        plan = plan_crossfit(real_pool.ids, gen_pool.ids, folds=config.folds, seed=config.seed,
+                             calibration_fraction=config.calibration_fraction, max_per_class=config.max_per_class,
+                             real_name=real_pool.name, gen_name=gen_pool.name)
 
-    real_pool = open_real(real, root)
-    sample_set = (write_noise_set(out / NOISE_DIR, real_pool.shape, num_noise, config.seed) if baseline
-                  else SampleSet(samples))
-    gen_pool = sample_set_pool(sample_set, "--baseline noise" if baseline else f"--samples {samples}")
-    check_compatible(real_pool, gen_pool)
-    spec, real_pool, notes = _resolve_backbone(config, real_pool, out, root=root, device=torch_device,
-                                               tracker=tracker, progress=progress)
-    plan = plan_crossfit(real_pool.ids, gen_pool.ids, folds=config.folds, seed=config.seed,
-                         calibration_fraction=config.calibration_fraction, max_per_class=config.max_per_class,
-                         real_name=real_pool.name, gen_name=gen_pool.name)
+        backbone = build_backbone(backbone_spec, torch_device)
+        feature_args = dict(spec=backbone_spec, backbone=backbone, cache_dir=out / FEATURES_DIR, chunk=config.chunk,
+                            device=torch_device, progress=progress)
+        real_x, real_hit = _pool_features(real_pool, plan.real_ids, "real", **feature_args)
+        gen_x, gen_hit = _pool_features(gen_pool, plan.gen_ids, "generated", **feature_args)
+        heads, held_out = _fit_folds(plan, real_x, gen_x, backbone_spec, config, device=torch_device,
+                                     progress=progress)
+        weigher = WeigherConfig(backbone_spec, config.head, real_pool.shape, tuple(real_x.shape[1:]), config.seed,
+                                tuple(h.temperature for h in held_out), config.chunk)
+        save_weigher(out / CLASSIFIER_DIR, weigher, heads, plan)
 
-    backbone = build_backbone(spec, torch_device)
-    feature_args = dict(spec=spec, backbone=backbone, cache_dir=out / FEATURES_DIR, chunk=config.chunk,
-                        device=torch_device, progress=progress)
-    real_x, real_hit = _pool_features(real_pool, plan.real_ids, "real", **feature_args)
-    gen_x, gen_hit = _pool_features(gen_pool, plan.gen_ids, "generated", **feature_args)
-    heads, held_out = _fit_folds(plan, real_x, gen_x, spec, config, device=torch_device, progress=progress)
-    weigher = WeigherConfig(spec, config.head, real_pool.shape, tuple(real_x.shape[1:]), config.seed,
-                            tuple(h.temperature for h in held_out), config.chunk)
-    save_weigher(out / CLASSIFIER_DIR, weigher, heads, plan)
+        scores = score_sample_set(sample_set, str(out / CLASSIFIER_DIR), cluster, spec.scoring, progress=progress)
+        report = calibration_report(held_out, method=config.calibration, bins=config.bins)
+        report.update(crossfit=plan.describe(), backbone=backbone_spec.to_dict(), notes=notes,
+                      **{KEY_SCORING_DIFF: _scoring_consistency(scores, plan, held_out)})
+        artefacts = write_calibration(out, report)
+        weights, weight_files = write_weight_diagnostics(out, scores.log_weights)
+        info = {"weighing": {"real": real_pool.name, "backbone": backbone_spec.to_dict(), "folds": config.folds,
+                             "calibration": config.calibration, "temperatures": list(weigher.temperatures),
+                             "seed": config.seed, "input": str(sample_set.path)}}
+        _write_weighted(sample_set, scores, out / WEIGHTED_DIR, info=info, command=command, seed=config.seed)
+        mark_complete(out, STAGE, [WEIGHTED_DIR, CLASSIFIER_DIR, *(p.name for p in (*artefacts, *weight_files))])
 
-    scores = score_sample_set(sample_set, str(out / CLASSIFIER_DIR), scoring, progress=progress)
-    report = calibration_report(held_out, method=config.calibration, bins=config.bins)
-    report.update(crossfit=plan.describe(), backbone=spec.to_dict(), notes=notes,
-                  **{KEY_SCORING_DIFF: _scoring_consistency(scores, plan, held_out)})
-    info = {"weighing": {"real": real_pool.name, "backbone": spec.to_dict(), "folds": config.folds,
-                         "calibration": config.calibration, "temperatures": list(weigher.temperatures),
-                         "seed": config.seed, "input": str(sample_set.path)}}
-    _write_weighted(sample_set, scores, out / WEIGHTED_DIR, overwrite=overwrite, info=info, command=command,
-                    seed=config.seed)
-    artefacts = write_calibration(out, report)
-    weights, weight_files = write_weight_diagnostics(out, scores.log_weights)
-
+    final = Path(spec.out)
     metrics = {**calibration_metrics_to_log(report), **weights, KEY_SCORING_SECONDS: scores.seconds,
                KEY_SCORING_DIFF: report[KEY_SCORING_DIFF]}
     tracker.log_metrics(metrics)
     for path in (*artefacts, *weight_files):
-        tracker.log_artifact(path)
+        tracker.log_artifact(final / path.name)
     pooled = report["pooled"]
-    summary = {"out": str(out), "weighted": str(out / WEIGHTED_DIR), "num_samples": int(scores.sample_ids.size),
-               "backbone": spec.kind, "folds": config.folds, "calibration": config.calibration,
-               "temperatures": list(weigher.temperatures), "workers": scores.workers,
-               "rows_per_worker": scores.rows_per_worker,
-               "feature_cache_hits": int(real_hit) + int(gen_hit), "notes": notes,
-               "seconds": time.perf_counter() - started, **metrics}
-    summary["message"] = (
-        f"weighed {scores.sample_ids.size} samples into {out / WEIGHTED_DIR}: held-out accuracy "
+    headline = (
+        f"weighed {scores.sample_ids.size} samples into {final / WEIGHTED_DIR}: held-out accuracy "
         f"{pooled[AFTER][KEY_ACCURACY]:.3f}, ECE {pooled[BEFORE][KEY_ECE]:.3f} -> {pooled[AFTER][KEY_ECE]:.3f} "
         f"(T = {', '.join(f'{t:.3g}' for t in weigher.temperatures)}), ESS/N {weights[KEY_ESS_FRAC]:.3g} "
         f"(ESS {weights[KEY_ESS]:.1f}), max normalised weight {weights[KEY_MAX_SHARE]:.3g}")
-    return WeighOutcome(summary, scores, plan)
+    return WeighResult(out=str(final), metrics=metrics, weighted=str(final / WEIGHTED_DIR),
+                       num_samples=int(scores.sample_ids.size), backbone=backbone_spec.kind, folds=config.folds,
+                       calibration=config.calibration, temperatures=tuple(weigher.temperatures),
+                       workers=scores.workers, rows_per_worker=scores.rows_per_worker,
+                       feature_cache_hits=int(real_hit) + int(gen_hit), notes=tuple(notes),
+                       seconds=time.perf_counter() - started, headline=headline)

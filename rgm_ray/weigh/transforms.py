@@ -8,6 +8,11 @@ raw weights overflow float64 long before logits do, and the thesis's VAE logits 
 Why the diagnostics matter: with α = 1 those VAE weights had a Kish effective sample size of ~11.5
 out of 100K, so resampling would have returned copies of a handful of images. Flattening (w^α) and
 clipping trade bias for ESS; ``alpha_for_target_ess`` picks α from an ESS budget.
+
+This is the one home of log-weight maths for every stage (weigh, resample, evaluate). The resample
+stage merges per-shard sums, so the formulas on max-shifted sums (``shifted_exp_sums``,
+``log_mass_of_sums``, ``ess_of_sums``, ``max_share_of_sums``) and the clipping kernel
+(``clip_log_weights``) are public for it. Nothing here imports torch: it runs on torch-free Ray workers.
 """
 
 from __future__ import annotations
@@ -81,13 +86,42 @@ def _validate_alpha(alpha: object) -> float:
     return float(alpha)
 
 
-def _shifted_sums(lw: np.ndarray) -> tuple[float, float, float]:
-    """``(m, Σ e^{ℓ-m}, Σ e^{2(ℓ-m)})`` with ``m = max ℓ``; both sums lie in [1, n], so nothing overflows."""
-    m = float(lw.max())
-    d = np.exp(lw - m)  # [n] in [0, 1]; exactly 1 at the maximum
+# --- formulas on max-shifted sums: m = max ℓ, s1 = Σ e^{ℓ-m}, s2 = Σ e^{2(ℓ-m)} ---------
+
+
+def shifted_exp_sums(shifted: np.ndarray) -> tuple[float, float]:
+    """``(s1, s2) = (Σ e^x, Σ e^{2x})`` of max-shifted log-weights ``x = ℓ − m ≤ 0``.
+
+    Both lie in [1, n] when the maximum is among the rows, so nothing overflows for any finite logits.
+    """
+    d = np.exp(shifted)  # [n] in [0, 1]; exactly 1 at the maximum
     s1 = float(d.sum())
     d *= d  # not np.dot: BLAS may spin up threads, costly on a busy 2-core worker
-    return m, s1, float(d.sum())
+    return s1, float(d.sum())
+
+
+def log_mass_of_sums(m: float, s1: float) -> float:
+    """``logsumexp ℓ = m + log s1``."""
+    return m + math.log(s1)
+
+
+def ess_of_sums(s1: float, s2: float, n_support: int) -> float:
+    """Kish ESS ``(Σw)²/Σw² = s1²/s2`` (the shift cancels), kept within [1, n_support] against rounding."""
+    return min(max(s1 * s1 / s2, 1.0), float(n_support))
+
+
+def max_share_of_sums(s1: float) -> float:
+    """Largest normalised weight ``max w̃ = e^{m-m}/s1 = 1/s1``."""
+    return 1.0 / s1
+
+
+def _shifted_sums(lw: np.ndarray) -> tuple[float, float, float]:
+    """``(m, s1, s2)`` of validated log-weights with some support."""
+    m = float(lw.max())
+    return (m, *shifted_exp_sums(lw - m))
+
+
+# --- normalisation, ESS and transforms of log-weight arrays ---------------------------------
 
 
 def log_total_weight(lw: object) -> float:
@@ -96,7 +130,7 @@ def log_total_weight(lw: object) -> float:
     if arr.size == 0 or arr.max() == -np.inf:
         return -math.inf
     m, s1, _ = _shifted_sums(arr)
-    return m + math.log(s1)
+    return log_mass_of_sums(m, s1)
 
 
 def _n_support(arr: np.ndarray) -> int:
@@ -105,7 +139,7 @@ def _n_support(arr: np.ndarray) -> int:
 
 def _ess(arr: np.ndarray) -> float:
     _, s1, s2 = _shifted_sums(arr)
-    return min(max(s1 * s1 / s2, 1.0), float(_n_support(arr)))
+    return ess_of_sums(s1, s2, _n_support(arr))
 
 
 def _flatten(arr: np.ndarray, alpha: float) -> np.ndarray:
@@ -118,7 +152,7 @@ def self_normalize(lw: object) -> np.ndarray:
     """Normalised weights ``w̃_i = exp(ℓ_i − logsumexp ℓ)``, summing to 1."""
     arr = validate_log_weights(lw)
     m, s1, _ = _shifted_sums(arr)
-    return np.exp(arr - (m + math.log(s1)))
+    return np.exp(arr - log_mass_of_sums(m, s1))
 
 
 def effective_sample_size(lw: object) -> float:
@@ -133,7 +167,7 @@ def max_normalized_weight(lw: object) -> float:
     """Largest normalised weight ``max w̃``: the share of the mass held by the heaviest sample."""
     arr = validate_log_weights(lw)
     _, s1, _ = _shifted_sums(arr)
-    return 1.0 / s1
+    return max_share_of_sums(s1)
 
 
 def flatten(lw: object, alpha: float) -> np.ndarray:
@@ -184,9 +218,20 @@ def clip(
         lower = math.log(floor)
     if lower > upper:
         raise ValueError(f"floor (log {lower:.4g}) is above the upper clip (log {upper:.4g})")
-    out = np.minimum(arr, upper)
-    support = out > -np.inf
-    out[support] = np.maximum(out[support], lower)
+    # upper is a float (inf when unset), so the result is always a copy, never the caller's array.
+    return clip_log_weights(arr, upper, lower if floor is not None else None)
+
+
+def clip_log_weights(lw: np.ndarray, log_max: float | None = None, log_min: float | None = None) -> np.ndarray:
+    """``min(ℓ, log_max)``, then ``max(ℓ, log_min)`` on the support only (``-inf`` stays excluded).
+
+    The kernel of ``clip`` with the limits as logs, on validated float64 log-weights (``lw`` itself
+    when both limits are None): the resample stage holds a quantile cap found over all shards as a
+    log and applies it without an exp/log round trip.
+    """
+    out = lw if log_max is None else np.minimum(lw, log_max)
+    if log_min is not None:
+        out = np.where(out > -np.inf, np.maximum(out, log_min), -np.inf)
     return out
 
 

@@ -1,18 +1,21 @@
 """Named configurations of the whole pipeline: ``tiny`` (tests), ``demo`` (the offline default on
 2 CPU cores) and ``paper`` (CIFAR-10 at the thesis's scale).
 
-A preset is a plain nested dict, one section per stage; each stage turns its section into the
-config dataclass that lives next to its code, which validates it. ``key.path=value`` overrides
-(values parsed as YAML scalars) adjust any field from the command line.
+A preset is a plain nested dict, one section per stage. Each section *is* its stage's config: the
+dataclass that lives next to the stage's code builds it (``WeighConfig.from_dict``,
+``ResampleConfig``, ...) and validates it, and the pipeline hands that object to the stage's entry
+point unchanged. ``section.key=value`` overrides (values read as YAML; nested keys such as
+``weigh.head.epochs=5`` too) adjust any field from the command line. The two sections that belong
+to the pipeline itself, ``pipeline`` and ``ssl``, are defined here.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
+from rgm_ray.configs import apply_overrides, strict_from_dict
 from rgm_ray.data import DATASET_NAMES, DATASET_SHAPES
 from rgm_ray.evaluate.protocol import EvalConfig
 from rgm_ray.generate import GenerateConfig
@@ -20,8 +23,51 @@ from rgm_ray.models.domain import DomainConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
 from rgm_ray.models.training import TrainConfig
 from rgm_ray.models.vae import VAEConfig
-from rgm_ray.pipeline.config import PipelineConfig, SSLSettings, WeighSettings
-from rgm_ray.resample.stage import ResampleConfig
+from rgm_ray.weigh.stage import WeighConfig
+from rgm_ray.models.registry import GENERATOR_NAMES
+from rgm_ray.resample import ResampleConfig
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TUNE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "tune_configs"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Pipeline-level switches of a preset (its ``pipeline`` section)."""
+
+    pretrained: str | None = None  # name of committed checkpoints under rgm_ray/assets/ (demo)
+    generators: tuple[str, ...] = GENERATOR_NAMES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generators", tuple(self.generators))
+        unknown = set(self.generators) - set(GENERATOR_NAMES)
+        if unknown or not self.generators:
+            raise ValueError(f"pipeline.generators must be a non-empty subset of {', '.join(GENERATOR_NAMES)}; "
+                             f"got {self.generators}")
+        if self.pretrained is not None and not (ASSETS / self.pretrained).is_dir():
+            raise ValueError(f"pipeline.pretrained={self.pretrained!r}: no {ASSETS / self.pretrained}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        return strict_from_dict(cls, d, "pipeline")
+
+
+@dataclass(frozen=True)
+class SSLSettings:
+    """The ``ssl`` section: which sweep in ``tune_configs/`` to run, with ``key=value`` overrides."""
+
+    config: str = "ssl_demo.yaml"
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        if not (TUNE_CONFIGS / self.config).is_file():
+            raise ValueError(f"ssl.config: no {TUNE_CONFIGS / self.config}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SSLSettings":
+        return strict_from_dict(cls, d, "ssl")
+
 
 Preset = dict[str, Any]
 
@@ -37,7 +83,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024, "test_images": 500},
         "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
         "pipeline": {"pretrained": None},
-        "weigh": {"epochs": 3, "lr": 1e-2},
+        "weigh": {"head": {"epochs": 3, "lr": 1e-2}},
         "resample": {"k": 64, "target_ess": 64},
         "evaluate": {"k": 64, "runs": 2, "uniform_k": True, "kid_subsets": 10},
         "ssl": {"config": "ssl_demo.yaml",
@@ -55,7 +101,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
         "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
         "pipeline": {"pretrained": "demo"},
-        "weigh": {"epochs": 20, "lr": 1e-2},
+        "weigh": {"head": {"epochs": 20, "lr": 1e-2}},
         "resample": {"k": 1000, "alpha": 1.0},
         "evaluate": {"k": 1000, "runs": 3, "uniform_k": True, "kid_subsets": 50},
         "ssl": {"config": "ssl_demo.yaml"},
@@ -71,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         "domain": {"epochs": 30, "batch_size": 128},
         "generate": {"num_samples": 150_000, "shard_size": 1000, "batch_size": 256},
         "pipeline": {"pretrained": None},
-        "weigh": {"epochs": 20, "lr": 1e-3},
+        "weigh": {"head": {"epochs": 20, "lr": 1e-3}},
         "resample": {"k": 10_000, "alpha": 1.0},
         "evaluate": {"k": 10_000, "runs": 3, "uniform_k": True},
         "ssl": {"config": "ssl_sweep.yaml"},
@@ -104,32 +150,18 @@ SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "domain": lambda _, section: DomainConfig.from_dict(section),
     "generate": lambda _, section: GenerateConfig.from_dict(section),
     "pipeline": lambda _, section: PipelineConfig.from_dict(section),
-    "weigh": lambda _, section: WeighSettings.from_dict(section),
-    "resample": lambda _, section: ResampleConfig(**section),
-    "evaluate": lambda _, section: EvalConfig(**section),
+    "weigh": lambda _, section: WeighConfig.from_dict(section),
+    "resample": lambda _, section: strict_from_dict(ResampleConfig, section, "resample"),
+    "evaluate": lambda _, section: strict_from_dict(EvalConfig, section, "evaluate"),
     "ssl": lambda _, section: SSLSettings.from_dict(section),
 }
 
 
-def apply_overrides(preset: Preset, overrides: Iterable[str]) -> Preset:
-    """Return a copy of ``preset`` with ``section.key=value`` overrides applied."""
-    result = copy.deepcopy(preset)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
-        path, raw = item.split("=", 1)
-        keys = path.strip().split(".")
-        if len(keys) != 2 or keys[0] not in result:
-            raise ValueError(f"override {item!r}: expected section.key with a section among {sorted(result)}")
-        result[keys[0]][keys[1]] = yaml.safe_load(raw)
-    return result
-
-
 def load_preset(name: str, overrides: Iterable[str] = ()) -> Preset:
-    """The named preset with overrides applied, validated section by section."""
+    """The named preset with ``section.key=value`` overrides applied, validated section by section."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    preset = apply_overrides(PRESETS[name], overrides)
+    preset = apply_overrides(PRESETS[name], overrides, origin=f"preset {name!r}", known=PRESETS[name])
     validate(preset)
     return preset
 

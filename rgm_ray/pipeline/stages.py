@@ -1,0 +1,267 @@
+"""The pipeline's stage table: for each stage, where its output lives, whether it is complete, and how
+to run it, by calling the stage's own Python entry point with the preset's section as its config.
+
+Every stage here is a few lines of wiring; the work and the completeness rules live with each stage's
+code (``generate.is_complete``, ``weigh.is_complete``, ...), and the runner alone skips, times and
+tracks. A stage's ``run`` returns the :class:`~rgm_ray.results.StageResult` of its entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rgm_ray import evaluate, generate, resample, tune, weigh
+from rgm_ray.data import load_dataset
+from rgm_ray.evaluate import EvaluateSpec, evaluate_sets
+from rgm_ray.generate import GenerateSpec, generate_sample_set
+from rgm_ray.models.checkpoint import CONFIG_FILE, read_checkpoint_config
+from rgm_ray.models.domain import ensure_domain
+from rgm_ray.models.registry import get_family
+from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
+from rgm_ray.models.training import CHECKPOINT_DIR, METRICS_JSON
+from rgm_ray.pipeline.context import Context
+from rgm_ray.pipeline.presets import ASSETS, TUNE_CONFIGS
+from rgm_ray.report.build import build_report
+from rgm_ray.resample import ResampleSpec, resample_sample_set
+from rgm_ray.results import StageResult
+from rgm_ray.runtime import ClusterOptions
+from rgm_ray.store import ManifestError, SampleSet, export_dataset
+from rgm_ray.tracking import Tracker
+from rgm_ray.tune.config import load_sweep_config
+from rgm_ray.tune.sweep import run_sweep
+from rgm_ray.weigh import WeighSpec
+from rgm_ray.weigh.stage import SCORING_CLUSTER
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    out: Callable[[Context], Path]
+    is_complete: Callable[[Context], bool]
+    run: Callable[[Context, Tracker], StageResult]
+
+
+def _is_set(path: Path) -> bool:
+    try:
+        SampleSet(path)
+    except (ManifestError, FileNotFoundError):
+        return False
+    return True
+
+
+# --- data and models -----------------------------------------------------------------------------------
+
+
+def _data_out(ctx: Context) -> Path:
+    return ctx.path("data")
+
+
+def _run_data(ctx: Context, tracker: Tracker) -> StageResult:
+    data = ctx.config("data")
+    for split in SPLITS:
+        path = ctx.path("data", f"real_{split}")
+        if not _is_set(path):
+            export_dataset(load_dataset(data["dataset"], split, data["root"]), path, overwrite=path.exists())
+    tracker.log_params({"dataset": data["dataset"], "root": data["root"]})
+    return StageResult(out=str(_data_out(ctx)))
+
+
+def _run_domain(ctx: Context, tracker: Tracker) -> StageResult:
+    data = ctx.config("data")
+    path = ensure_domain(data["dataset"], ctx.path("domain"), ctx.config("domain"), root=data["root"],
+                         tracker=tracker)
+    metrics = read_checkpoint_config(path)["metrics"]
+    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+    return StageResult(out=str(path), metrics=metrics)
+
+
+def _domain_complete(ctx: Context) -> bool:
+    return (ctx.path("domain") / CONFIG_FILE).is_file()
+
+
+def _train_out(name: str) -> Callable[[Context], Path]:
+    return lambda ctx: ctx.path("models", name)
+
+
+def _train_complete(name: str) -> Callable[[Context], bool]:
+    def check(ctx: Context) -> bool:
+        run = ctx.path("models", name)
+        return (run / METRICS_JSON).is_file() and (run / CHECKPOINT_DIR / CONFIG_FILE).is_file()
+    return check
+
+
+def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
+    """Train generator ``name``, or copy the preset's committed checkpoint of it."""
+    def run(ctx: Context, tracker: Tracker) -> StageResult:
+        out = ctx.path("models", name)
+        family = get_family(name)
+        pretrained = ctx.config("pipeline").pretrained
+        if pretrained and not ctx.retrain:
+            if out.exists():
+                shutil.rmtree(out)  # an unfinished copy
+            shutil.copytree(ASSETS / pretrained / name, out)
+            origin = f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
+            metrics = json.loads((out / METRICS_JSON).read_text())
+            tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            tracker.set_tags({"origin": origin})
+            return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
+                               checkpoint=str(out / CHECKPOINT_DIR), origin=origin)
+        data = ctx.config("data")
+        spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
+                         model=ctx.config(family.preset_section), train=ctx.config(family.train_section),
+                         preset=ctx.preset_name)
+        return train_generator(spec, tracker=tracker, origin="trained in this run")
+    return run
+
+
+# --- samples, weights, resampling ---------------------------------------------------------------------
+
+
+def _generate_spec(ctx: Context, name: str) -> GenerateSpec:
+    config = ctx.config("generate")
+    return GenerateSpec(checkpoint=str(ctx.path("models", name)), out=str(ctx.path("samples", name)),
+                        num_samples=config.num_samples, shard_size=config.shard_size, seed=config.seed,
+                        sampler=config.sampler_for(name), batch_size=config.batch_size)
+
+
+def _run_generate(name: str) -> Callable[[Context, Tracker], StageResult]:
+    def run(ctx: Context, tracker: Tracker) -> StageResult:
+        spec = _generate_spec(ctx, name)
+        tracker.log_params(dataclasses.asdict(spec))
+        return generate_sample_set(spec, ctx.cluster, overwrite=True, tracker=tracker)
+    return run
+
+
+def _weigh_spec(ctx: Context, name: str) -> tuple[WeighSpec, ClusterOptions]:
+    config = ctx.config("weigh")
+    if ctx.inception_weights:
+        config = dataclasses.replace(config, backbone="inception", inception_weights=ctx.inception_weights)
+    elif config.backbone == "domain":
+        config = dataclasses.replace(config, domain_checkpoint=str(ctx.path("domain")))
+    data = ctx.config("data")
+    spec = WeighSpec(real=data["dataset"], root=data["root"], samples=str(ctx.path("samples", name)),
+                     out=str(ctx.path("weights", name)), config=config)
+    cluster = dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker)
+    return spec, cluster
+
+
+def _run_weigh(name: str) -> Callable[[Context, Tracker], StageResult]:
+    def run(ctx: Context, tracker: Tracker) -> StageResult:
+        spec, cluster = _weigh_spec(ctx, name)
+        tracker.log_params(dataclasses.asdict(spec))
+        return weigh.weigh(spec, cluster, tracker=tracker)
+    return run
+
+
+def _resample_spec(ctx: Context, name: str) -> ResampleSpec:
+    return ResampleSpec(samples=str(ctx.path("weights", name, weigh.stage.WEIGHTED_DIR)),
+                        out=str(ctx.path("resampled", name)), config=ctx.config("resample"))
+
+
+def _run_resample(name: str) -> Callable[[Context, Tracker], StageResult]:
+    def run(ctx: Context, tracker: Tracker) -> StageResult:
+        spec = _resample_spec(ctx, name)
+        tracker.log_params(dataclasses.asdict(spec))
+        return resample_sample_set(spec, ctx.cluster, overwrite=True, tracker=tracker)
+    return run
+
+
+# --- evaluation, SSL, report --------------------------------------------------------------------------
+
+
+def _evaluate_spec(ctx: Context) -> EvaluateSpec:
+    data = ctx.config("data")
+    sets = {}
+    for g in ctx.generators:
+        sets[f"{g}_plain"] = str(ctx.path("samples", g))
+        sets[f"{g}_resampled"] = str(ctx.path("resampled", g))
+    features = ({"features": "inception", "inception_weights": ctx.inception_weights} if ctx.inception_weights
+                else {"features": "domain", "domain_checkpoint": str(ctx.path("domain"))})
+    return EvaluateSpec(real=data["dataset"], root=data["root"], sets=sets, out=str(ctx.path("evaluate")),
+                        config=ctx.config("evaluate"), **features)
+
+
+def _run_evaluate(ctx: Context, tracker: Tracker) -> StageResult:
+    spec = _evaluate_spec(ctx)
+    tracker.log_params(dataclasses.asdict(spec))
+    return evaluate_sets(spec, tracker=tracker)
+
+
+def _sweep_sources(ctx: Context) -> dict[str, str]:
+    """Sweep source names -> this run's sets: ``<g>_plain``/``_resampled``/``_weighted``, and the
+    bare ``plain``/``resampled``/``weighted`` of the thesis's sweep for the last generator (PixelCNN++)."""
+    paths: dict[str, str] = {}
+    for g in ctx.generators:
+        paths[f"{g}_plain"] = str(ctx.path("samples", g))
+        paths[f"{g}_resampled"] = str(ctx.path("resampled", g))
+        paths[f"{g}_weighted"] = "weighted:" + str(ctx.path("weights", g, weigh.stage.WEIGHTED_DIR))
+    last = ctx.generators[-1]
+    for kind in ("plain", "resampled", "weighted"):
+        paths[kind] = paths[f"{last}_{kind}"]
+    return paths
+
+
+def sweep_overrides(ctx: Context) -> tuple[Path, list[str]]:
+    """The preset's sweep config file and the overrides that point it at this run's sets."""
+    settings = ctx.config("ssl")
+    config_path = TUNE_CONFIGS / settings.config
+    sweep = load_sweep_config(config_path, settings.overrides)
+    data = ctx.config("data")
+    paths = _sweep_sources(ctx)
+    overrides = [f"dataset={data['dataset']}", *settings.overrides]
+    if data["root"]:
+        overrides.append(f"root={data['root']}")
+    overrides += [f"sources.{name}={path}" for name, path in paths.items() if name in sweep.sources]
+    # generated sources of generators this run did not train are dropped from the grid
+    available = [name for name in sweep.grid["source"] if name in paths or name in ("real", "none")]
+    if not available:
+        raise ValueError(f"{config_path}: none of the grid's sources {list(sweep.grid['source'])} exist in this run")
+    overrides.append(f"grid.source=[{', '.join(available)}]")
+    if sweep.compare_to is not None and sweep.compare_to not in available + [b["source"] for b in sweep.baselines]:
+        overrides.append("compare_to=null")
+    return config_path, overrides
+
+
+def _run_ssl(ctx: Context, tracker: Tracker) -> StageResult:
+    config_path, overrides = sweep_overrides(ctx)
+    sweep = load_sweep_config(config_path, overrides)
+    tracker.log_params({"config": str(config_path), "overrides": overrides, "trials": len(sweep.cells())})
+    result = run_sweep(sweep, out=ctx.path("ssl"), address=ctx.cluster.address, track=ctx.track, overwrite=True)
+    tracker.log_metrics(result.metrics)
+    for path in result.files.values():
+        tracker.log_artifact(path)
+    return result
+
+
+def _run_report(ctx: Context, tracker: Tracker) -> StageResult:
+    md, page = build_report(ctx.run_dir, outputs=ctx.outputs)
+    tracker.log_artifact(md)
+    tracker.log_artifact(page)
+    return StageResult(out=str(page))
+
+
+def stages_for(ctx: Context) -> list[Stage]:
+    """The ordered stage list for this preset (one train/generate/weigh/resample per generator)."""
+    gens = ctx.generators
+    stages = [Stage("data", _data_out, lambda c: all(_is_set(c.path("data", f"real_{s}")) for s in SPLITS),
+                    _run_data),
+              Stage("domain", lambda c: c.path("domain"), _domain_complete, _run_domain)]
+    stages += [Stage(f"train_{g}", _train_out(g), _train_complete(g), _run_train(g)) for g in gens]
+    stages += [Stage(f"generate_{g}", lambda c, g=g: c.path("samples", g),
+                     lambda c, g=g: generate.is_complete(_generate_spec(c, g)), _run_generate(g)) for g in gens]
+    stages += [Stage(f"weigh_{g}", lambda c, g=g: c.path("weights", g),
+                     lambda c, g=g: weigh.is_complete(c.path("weights", g)), _run_weigh(g)) for g in gens]
+    stages += [Stage(f"resample_{g}", lambda c, g=g: c.path("resampled", g),
+                     lambda c, g=g: resample.is_complete(_resample_spec(c, g)), _run_resample(g)) for g in gens]
+    stages.append(Stage("evaluate", lambda c: c.path("evaluate"), lambda c: evaluate.is_complete(c.path("evaluate")),
+                        _run_evaluate))
+    stages.append(Stage("ssl", lambda c: c.path("ssl"), lambda c: tune.is_complete(c.path("ssl")), _run_ssl))
+    stages.append(Stage("report", lambda c: c.run_dir, lambda c: False, _run_report))
+    return stages
