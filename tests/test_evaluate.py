@@ -27,6 +27,7 @@ from rgm_ray.evaluate.features import (DOMAIN_FEATURES, DOMAIN_LOGITS, DomainFea
                                        ImageArrayDataset)
 from rgm_ray.evaluate.outputs import top_bottom_rows
 from rgm_ray.evaluate.protocol import REFERENCE, draw_real_subsets, draw_subsets
+from rgm_ray.evaluate.stage import EvaluateResult
 from rgm_ray.evaluate.weighted_fid import normalised_weights, weighted_statistics
 from rgm_ray.models.checkpoint import load_checkpoint
 from rgm_ray.models.domain import DomainConfig, train_domain_classifier
@@ -286,7 +287,7 @@ def test_top_and_bottom_rows_by_weight():
 
 # --- CLI ---------------------------------------------------------------------------------------------
 
-def _run_cli(argv: list[str]) -> dict:
+def _run_cli(argv: list[str]) -> EvaluateResult:
     parser = argparse.ArgumentParser(prog="rgm")
     cmd_evaluate.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -325,7 +326,7 @@ def test_cli_end_to_end(domain_ckpt, fm_train, tmp_path, tracking_uri):
     assert KEY_WEIGHTED_FID in rows["weighted"]["mean"] and KEY_WEIGHTED_FID not in rows["plain"]["mean"]
     assert 1.0 <= rows["weighted"]["mean"][KEY_WEIGHTED_FID_ESS] <= 100.0
     assert rows["weighted"]["mean"][KEY_FID] > 5 * rows[REFERENCE]["mean"][KEY_FID]
-    assert summary["rows"]["plain"]["mean"][KEY_FID] == rows["plain"]["mean"][KEY_FID]
+    assert summary.rows["plain"]["mean"][KEY_FID] == rows["plain"]["mean"][KEY_FID]
 
     table = (out / "table.md").read_text()
     assert "not Inception-V3 numbers" in table and "k = 100" in table

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rgm_ray.cli.main import main
-from rgm_ray.generate import ClusterOptions, PlanMismatchError, generate_sample_set, make_plan
+from rgm_ray.generate import GenerateSpec, PlanMismatchError, generate_sample_set, make_plan
+from rgm_ray.runtime import ClusterOptions
 from rgm_ray.models.checkpoint import load_checkpoint, save_checkpoint
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from rgm_ray.models.registry import family_for_kind
@@ -37,10 +38,9 @@ def _hashes(path):
 
 
 def _run(ckpt, out, workers, **kw):
-    plan = make_plan(ckpt, num_samples=kw.pop("n", 100), shard_size=kw.pop("shard_size", 16),
-                     seed=kw.pop("seed", 7), sampler=kw.pop("sampler", None))
-    return generate_sample_set(ckpt, out, plan, ClusterOptions(workers=workers, batch_size=kw.pop("batch", 8)),
-                               **kw)
+    spec = GenerateSpec(str(ckpt), str(out), num_samples=kw.pop("n", 100), shard_size=kw.pop("shard_size", 16),
+                        seed=kw.pop("seed", 7), sampler=kw.pop("sampler", None), batch_size=kw.pop("batch", 8))
+    return generate_sample_set(spec, ClusterOptions(workers=workers), **kw).to_dict() | {"message": ""}
 
 
 def test_bytes_do_not_depend_on_worker_count(ray_local, vae_ckpt, tmp_path):
@@ -66,8 +66,9 @@ def test_resume_regenerates_only_damaged_shards(ray_local, vae_ckpt, tmp_path):
     assert again["generated_shards"] == 2 and again["reused_shards"] == 5
     assert _hashes(out) == original
     assert verify_sample_set(out) == []
-    complete = _run(vae_ckpt, out, 2)
-    assert complete["generated_shards"] == 0 and "already complete" in complete["message"]
+    spec = GenerateSpec(str(vae_ckpt), str(out), num_samples=100, shard_size=16, seed=7, batch_size=8)
+    complete = generate_sample_set(spec, ClusterOptions(workers=2))
+    assert complete.generated_shards == 0 and "already complete" in complete.message
 
 
 def test_other_settings_are_refused_unless_overwrite(ray_local, vae_ckpt, tmp_path):
@@ -83,6 +84,9 @@ def test_other_settings_are_refused_unless_overwrite(ray_local, vae_ckpt, tmp_pa
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(PlanMismatchError, match="not empty"):
         _run(vae_ckpt, tmp_path / "foreign", 1, n=32)
+    with pytest.raises(PlanMismatchError, match="not written by 'rgm generate'"):
+        _run(vae_ckpt, tmp_path / "foreign", 1, n=32, overwrite=True)  # --overwrite never deletes foreign files
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
 def test_killed_worker_loses_only_its_inflight_shard(ray_local, pixelcnn_ckpt, tmp_path):

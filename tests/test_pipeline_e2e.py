@@ -97,6 +97,15 @@ def test_mlflow_has_one_parent_with_nested_stage_runs(run):
     assert len(parents) == 1
     children = runs[runs["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]]
     assert {"data", "domain", "weigh_vae", "evaluate", "ssl", "report"} <= set(children["tags.mlflow.runName"])
+    # each stage's numbers sit in its own run: no empty stage run with the real one nested below it
+    stage_ids = set(children["run_id"])
+    assert not runs["tags.mlflow.parentRunId"].isin(stage_ids).any()
+    weigh_run = children[children["tags.mlflow.runName"] == "weigh_vae"].iloc[0]
+    assert np.isfinite(weigh_run["metrics.accuracy_after"]) and weigh_run["params.config.folds"] == "2"
+    evaluate_run = children[children["tags.mlflow.runName"] == "evaluate"].iloc[0]
+    assert np.isfinite(evaluate_run["metrics.vae_plain/fid"])
+    resample_run = children[children["tags.mlflow.runName"] == "resample_vae"].iloc[0]
+    assert resample_run["metrics.k"] == 48
 
 
 def test_rerun_skips_finished_stages(run, capsys):
@@ -104,3 +113,5 @@ def test_rerun_skips_finished_stages(run, capsys):
     assert main(["pipeline", "--preset", "tiny", "--out", str(run["out"]), "--no-mlflow", *SHRINK]) == 0
     after = {p: p.stat().st_mtime_ns for p in run["out"].rglob("*.parquet")}
     assert before == after  # nothing recomputed or rewritten
+    err = capsys.readouterr().err
+    assert "weigh_vae: complete" in err and "evaluate: complete" in err and "[13/13] report ..." in err

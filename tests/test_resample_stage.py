@@ -16,7 +16,6 @@ import pytest
 from scipy import stats
 
 from rgm_ray.bench.resample import bench_resample
-from rgm_ray.cli import cmd_resample
 from rgm_ray.cli import main as cli_main
 from rgm_ray.resample import gumbel_top_k
 from rgm_ray.resample import topk_merge
@@ -27,7 +26,7 @@ from rgm_ray.resample.multinomial import multinomial_within_shard, split_counts_
 from rgm_ray.resample.radix_select import RadixSelect, lerp, quantile_ranks, shard_digit_counts
 from rgm_ray.resample.selection import select
 from rgm_ray.resample.shard_io import shard_rows
-from rgm_ray.resample.stage import resample_sample_set
+from rgm_ray.resample.stage import ResampleSpec, is_complete, resample_sample_set
 from rgm_ray.resample.topk_merge import TopKMerger, shard_candidates
 from rgm_ray.resample.weight_transform import WeightTransform
 from rgm_ray.store import SampleSet, SampleSetWriter, decode_images, make_table, verify_sample_set
@@ -232,7 +231,12 @@ def test_shards_holding_the_heavy_rows_are_requeried(ray_local, sets, pool, monk
 
 @pytest.mark.ray
 def test_output_set_holds_the_chosen_rows_in_selection_order(ray_local, sets, pool, tmp_path):
-    summary = resample_sample_set(sets["b"], tmp_path / "out", ResampleConfig(k=50, seed=SEED, shard_size=16))
+    result = resample_sample_set(ResampleSpec(str(sets["b"]), str(tmp_path / "out"),
+                                              ResampleConfig(k=50, seed=SEED, shard_size=16)))
+    summary = result.to_dict()
+    assert is_complete(ResampleSpec(str(sets["b"]), str(tmp_path / "out"), ResampleConfig(k=50, seed=SEED,
+                                                                                           shard_size=16)))
+    assert not is_complete(ResampleSpec(str(sets["b"]), str(tmp_path / "out"), ResampleConfig(k=49, seed=SEED)))
     out = SampleSet(tmp_path / "out")
     assert verify_sample_set(out.path) == [] and len(out.shard_paths) == 4
     data = out.read()
@@ -252,7 +256,7 @@ def test_output_set_holds_the_chosen_rows_in_selection_order(ray_local, sets, po
 def test_with_replacement_copies_and_equality_with_the_per_shard_draw(ray_local, sets, pool, tmp_path):
     k = 500
     config = ResampleConfig(k=k, seed=SEED, replacement=True, alpha=0.7)
-    resample_sample_set(sets["a"], tmp_path / "out", config)
+    resample_sample_set(ResampleSpec(str(sets["a"]), str(tmp_path / "out"), config))
     data = SampleSet(tmp_path / "out").read()
     assert data["copies"].sum() == k and (data["copies"] >= 1).all()
     assert (np.diff(data["sample_id"]) > 0).all()
@@ -365,9 +369,7 @@ def test_bad_configs_are_refused(config, message):
 
 
 @pytest.mark.ray
-def test_cli_end_to_end_with_json_and_mlflow(ray_local, sets, tmp_path, tracking_uri, capsys, monkeypatch):
-    if cmd_resample not in cli_main.COMMANDS:  # until the command is wired into rgm_ray/cli/main.py
-        monkeypatch.setattr(cli_main, "COMMANDS", (*cli_main.COMMANDS, cmd_resample))
+def test_cli_end_to_end_with_json_and_mlflow(ray_local, sets, tmp_path, tracking_uri, capsys):
     out = tmp_path / "drawn"
     argv = ["resample", "--samples", str(sets["a"]), "--k", "25", "--seed", "3", "--out", str(out),
             "--target-ess", "300", "--clip-quantile", "0.95", "--replacement"]

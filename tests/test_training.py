@@ -107,7 +107,7 @@ def test_overrides_and_their_errors():
         load_preset("tiny", ["pixelcnn.nr_filters=-1"])
     with pytest.raises(ValueError, match="unknown"):
         load_preset("tiny", ["train_vae.learning_rate=1"])
-    with pytest.raises(ValueError, match="section.key"):
+    with pytest.raises(ValueError, match="must look like"):
         load_preset("tiny", ["nonsense"])
     with pytest.raises(ValueError, match="unknown preset"):
         load_preset("huge")

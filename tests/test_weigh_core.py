@@ -14,6 +14,7 @@ from rgm_ray.models.domain import DEFAULT_DOMAIN, DomainConfig, ensure_domain
 from rgm_ray.models.extractors import FeatureExtractorSpec, build_feature_extractor
 from rgm_ray.models.resnet import ResNet, ResNetConfig
 from rgm_ray.models.vae import VAE, VAEConfig
+from rgm_ray.runtime import worker_count
 from rgm_ray.store import IMAGE, SAMPLE_ID
 from rgm_ray.tracking import NullTracker
 from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
@@ -23,8 +24,8 @@ from rgm_ray.weigh.calibration import (TEMPERATURE_BOUNDS, accuracy, brier_score
 from rgm_ray.weigh.classifier import ConvHead, HeadConfig, MLPHead, build_head, train_head
 from rgm_ray.weigh.crossfit import GENERATED, REAL, assign_folds, plan_crossfit
 from rgm_ray.weigh.inputs import ImagePool, check_compatible, noise_images, open_real
-from rgm_ray.weigh.scoring import LogWeightScorer, ScoringOptions, decode_image_values, resolve_workers
-from rgm_ray.weigh.stage import DOMAIN_DIR, WeighConfig, _resolve_backbone
+from rgm_ray.weigh.scoring import LogWeightScorer, decode_image_values
+from rgm_ray.weigh.stage import DOMAIN_DIR, SCORING_CLUSTER, WeighConfig, _resolve_backbone
 from rgm_ray.weigh.weigher import WeigherConfig, load_weigher, save_weigher
 
 
@@ -227,13 +228,16 @@ def test_the_stage_trains_or_reuses_its_domain_backbone_and_drops_its_rows(tmp_p
 
 
 def test_worker_pool_must_leave_a_cpu_for_reads():
-    assert resolve_workers(ScoringOptions(), {"CPU": 2.0}) == 2
-    assert resolve_workers(ScoringOptions(workers=1, cpus_per_worker=1.0), {"CPU": 2.0}) == 1
+    def scorers(resources, **cluster):
+        return worker_count(dataclasses.replace(SCORING_CLUSTER, **cluster), resources, reserve_cpu=True)
+
+    assert scorers({"CPU": 2.0}) == 2
+    assert scorers({"CPU": 2.0}, workers=1, cpus_per_worker=1.0) == 1
     with pytest.raises(ValueError, match="hangs"):
-        resolve_workers(ScoringOptions(workers=2, cpus_per_worker=1.0), {"CPU": 2.0})
+        scorers({"CPU": 2.0}, workers=2, cpus_per_worker=1.0)
     with pytest.raises(ValueError, match="0 GPU"):
-        resolve_workers(ScoringOptions(gpus_per_worker=1.0), {"CPU": 8.0})
-    assert resolve_workers(ScoringOptions(gpus_per_worker=1.0), {"CPU": 8.0, "GPU": 4.0}) == 4
+        scorers({"CPU": 8.0}, gpus_per_worker=1.0)
+    assert scorers({"CPU": 8.0, "GPU": 4.0}, gpus_per_worker=1.0) == 4
 
 
 def test_decode_image_values_checks_lengths():

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 
 from rgm_ray.bench.machine import machine_info
-from rgm_ray.generate import ClusterOptions, generate_sample_set, make_plan
+from rgm_ray.generate import GenerateSpec, generate_sample_set
+from rgm_ray.generate.runner import KEY_SAMPLES_PER_SEC, KEY_WALL_SECONDS
 from rgm_ray.models.checkpoint import build_model, save_checkpoint
 from rgm_ray.models.registry import get_family
 from rgm_ray.pipeline.presets import load_preset, section
+from rgm_ray.runtime import ClusterOptions
 from rgm_ray.store import read_manifest
 
 
@@ -34,15 +36,15 @@ def bench_generate(*, preset: str = "demo", generator: str = "pixelcnn", sampler
                                "machine": machine_info(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="rgm-bench-generate-") as tmp:
         ckpt = save_checkpoint(Path(tmp) / "ckpt", build_model(family.kind, config.to_dict()))
-        plan = make_plan(ckpt, num_samples=num_samples, shard_size=shard_size, seed=seed, sampler=sampler)
-        results["sampler"] = plan.sampler
+        results["sampler"] = sampler or family.default_sampler
         hashes = []
         for workers in worker_counts:
-            out = Path(tmp) / f"w{workers}"
-            summary = generate_sample_set(ckpt, out, plan, ClusterOptions(workers=workers, batch_size=batch_size))
-            results["runs"][str(workers)] = {"samples_per_sec": summary["samples_per_sec"],
-                                             "wall_seconds": summary["wall_seconds"]}
-            hashes.append([shard.sha256 for shard in read_manifest(out).shards])
+            spec = GenerateSpec(checkpoint=str(ckpt), out=str(Path(tmp) / f"w{workers}"), num_samples=num_samples,
+                                shard_size=shard_size, seed=seed, sampler=sampler, batch_size=batch_size)
+            metrics = generate_sample_set(spec, ClusterOptions(workers=workers)).metrics
+            results["runs"][str(workers)] = {"samples_per_sec": metrics[KEY_SAMPLES_PER_SEC],
+                                             "wall_seconds": metrics[KEY_WALL_SECONDS]}
+            hashes.append([shard.sha256 for shard in read_manifest(spec.out).shards])
         results["identical_bytes_across_worker_counts"] = all(h == hashes[0] for h in hashes)
     base = results["runs"][str(worker_counts[0])]["samples_per_sec"]
     for workers in worker_counts:

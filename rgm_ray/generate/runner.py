@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rgm_ray.configs import strict_from_dict
-from rgm_ray.generate.plan import PLAN_FILE, GenerationPlan, check_or_write_plan
+from rgm_ray.generate.plan import PLAN_FILE, GenerationPlan, PlanMismatchError, check_or_write_plan
 from rgm_ray.generate.shards import existing_shard, shard_table, write_generated_shard
 from rgm_ray.generate.workers import ShardSampler
 from rgm_ray.models.checkpoint import CONFIG_FILE, checkpoint_digest, load_checkpoint, read_checkpoint_config
@@ -146,6 +146,9 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
     plan = spec.plan()
     target = out
     if overwrite and out.exists() and not _holds_plan(out, plan):
+        if not ((out / PLAN_FILE).is_file() or (out / MANIFEST_NAME).is_file()):
+            raise PlanMismatchError(f"{out} is not empty and was not written by 'rgm generate'; --overwrite "
+                                    "replaces only sample sets, choose another --out")
         target = out.with_name(f".{out.name}.overwrite")
         if target.exists() and not _holds_plan(target, plan):
             shutil.rmtree(target)  # our own staging, from an overwrite with other settings

@@ -17,6 +17,7 @@ batching (its domain wrapper lives there, being torch-fidelity specific).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from rgm_ray.configs import strict_from_dict
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.models.pixelcnnpp_layers import (
     DownRightShiftedConv2d,
@@ -71,11 +72,7 @@ class PixelCNNppConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PixelCNNppConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PixelCNNppConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "PixelCNNppConfig")
 
 
 def bits_per_dim(log_prob_nats: Tensor, dims: int) -> Tensor:

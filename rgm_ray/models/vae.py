@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rgm_ray.configs import strict_from_dict
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.seeding import torch_generator
 
@@ -57,11 +58,7 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "VAEConfig")
 
 
 def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from rgm_ray import evaluate, generate, resample, tune, weigh
 from rgm_ray.data import load_dataset
 from rgm_ray.evaluate import EvaluateSpec, evaluate_sets
 from rgm_ray.generate import GenerateSpec, generate_sample_set
-from rgm_ray.models.checkpoint import CONFIG_FILE, read_checkpoint_config
+from rgm_ray.models.checkpoint import CONFIG_FILE
 from rgm_ray.models.domain import ensure_domain
 from rgm_ray.models.registry import get_family
 from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
@@ -29,7 +29,6 @@ from rgm_ray.pipeline.presets import ASSETS, TUNE_CONFIGS
 from rgm_ray.report.build import build_report
 from rgm_ray.resample import ResampleSpec, resample_sample_set
 from rgm_ray.results import StageResult
-from rgm_ray.runtime import ClusterOptions
 from rgm_ray.store import ManifestError, SampleSet, export_dataset
 from rgm_ray.tracking import Tracker
 from rgm_ray.tune.config import load_sweep_config
@@ -75,11 +74,10 @@ def _run_data(ctx: Context, tracker: Tracker) -> StageResult:
 
 def _run_domain(ctx: Context, tracker: Tracker) -> StageResult:
     data = ctx.config("data")
-    path = ensure_domain(data["dataset"], ctx.path("domain"), ctx.config("domain"), root=data["root"],
-                         tracker=tracker)
-    metrics = read_checkpoint_config(path)["metrics"]
-    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-    return StageResult(out=str(path), metrics=metrics)
+    domain = ensure_domain(data["dataset"], ctx.path("domain"), ctx.config("domain"), root=data["root"],
+                           tracker=tracker)
+    tracker.log_metrics({k: v for k, v in domain.metrics.items() if isinstance(v, float)})
+    return StageResult(out=str(domain.path), metrics=domain.metrics)
 
 
 def _domain_complete(ctx: Context) -> bool:
@@ -131,33 +129,33 @@ def _generate_spec(ctx: Context, name: str) -> GenerateSpec:
                         sampler=config.sampler_for(name), batch_size=config.batch_size)
 
 
+def _logged(spec: Any, tracker: Tracker) -> Any:
+    """``spec``, after logging it as the stage run's params."""
+    tracker.log_params(dataclasses.asdict(spec))
+    return spec
+
+
 def _run_generate(name: str) -> Callable[[Context, Tracker], StageResult]:
-    def run(ctx: Context, tracker: Tracker) -> StageResult:
-        spec = _generate_spec(ctx, name)
-        tracker.log_params(dataclasses.asdict(spec))
-        return generate_sample_set(spec, ctx.cluster, overwrite=True, tracker=tracker)
-    return run
+    return lambda ctx, tracker: generate_sample_set(_logged(_generate_spec(ctx, name), tracker), ctx.cluster,
+                                                    tracker=tracker)
 
 
-def _weigh_spec(ctx: Context, name: str) -> tuple[WeighSpec, ClusterOptions]:
+def _weigh_spec(ctx: Context, name: str) -> WeighSpec:
     config = ctx.config("weigh")
     if ctx.inception_weights:
         config = dataclasses.replace(config, backbone="inception", inception_weights=ctx.inception_weights)
     elif config.backbone == "domain":
         config = dataclasses.replace(config, domain_checkpoint=str(ctx.path("domain")))
     data = ctx.config("data")
-    spec = WeighSpec(real=data["dataset"], root=data["root"], samples=str(ctx.path("samples", name)),
+    return WeighSpec(real=data["dataset"], root=data["root"], samples=str(ctx.path("samples", name)),
                      out=str(ctx.path("weights", name)), config=config)
-    cluster = dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker)
-    return spec, cluster
 
 
 def _run_weigh(name: str) -> Callable[[Context, Tracker], StageResult]:
-    def run(ctx: Context, tracker: Tracker) -> StageResult:
-        spec, cluster = _weigh_spec(ctx, name)
-        tracker.log_params(dataclasses.asdict(spec))
-        return weigh.weigh(spec, cluster, tracker=tracker)
-    return run
+    # Ray Data scorers take fractional CPUs so the read tasks keep one (see weigh.scoring)
+    return lambda ctx, tracker: weigh.weigh(
+        _logged(_weigh_spec(ctx, name), tracker),
+        dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker), tracker=tracker)
 
 
 def _resample_spec(ctx: Context, name: str) -> ResampleSpec:
@@ -166,11 +164,9 @@ def _resample_spec(ctx: Context, name: str) -> ResampleSpec:
 
 
 def _run_resample(name: str) -> Callable[[Context, Tracker], StageResult]:
-    def run(ctx: Context, tracker: Tracker) -> StageResult:
-        spec = _resample_spec(ctx, name)
-        tracker.log_params(dataclasses.asdict(spec))
-        return resample_sample_set(spec, ctx.cluster, overwrite=True, tracker=tracker)
-    return run
+    # a finished set from other settings is replaced, atomically, once the new draw is written
+    return lambda ctx, tracker: resample_sample_set(_logged(_resample_spec(ctx, name), tracker), ctx.cluster,
+                                                    overwrite=True, tracker=tracker)
 
 
 # --- evaluation, SSL, report --------------------------------------------------------------------------
@@ -189,9 +185,7 @@ def _evaluate_spec(ctx: Context) -> EvaluateSpec:
 
 
 def _run_evaluate(ctx: Context, tracker: Tracker) -> StageResult:
-    spec = _evaluate_spec(ctx)
-    tracker.log_params(dataclasses.asdict(spec))
-    return evaluate_sets(spec, tracker=tracker)
+    return evaluate_sets(_logged(_evaluate_spec(ctx), tracker), tracker=tracker)
 
 
 def _sweep_sources(ctx: Context) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.report.document import Figure, Section, Table, to_html, to_markdown
 from rgm_ray.store.atomic import atomic_write_bytes
-from rgm_ray.tune.results import SUMMARY_CSV
+from rgm_ray.tune.results import SUMMARY_CSV, SUMMARY_MD
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -135,7 +135,7 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
     """Table 6.4: semi-supervised test accuracy by labels and unlabelled source, with 95 % CIs."""
     section = Section("Semi-supervised classification (Table 6.4)")
     ssl = outputs.get("ssl")
-    if not ssl or not Path(ssl["summary_md"]).is_file():
+    if not ssl or not (Path(ssl["out"]) / SUMMARY_MD).is_file():
         section.paragraphs.append("The SSL sweep has not run.")
         return section
     with open(Path(ssl["out"]) / SUMMARY_CSV, newline="") as fh:
@@ -152,7 +152,7 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
         ["labels", "unlabelled source", "SL weight", "seeds", "test accuracy % (mean ± std)", "95 % CI",
          "validation accuracy %"], rows,
         "Ray Tune sweep, one MLflow run per trial; configurations are chosen on validation accuracy only. "
-        f"Full tables: {ssl['summary_md']}."))
+        f"Full tables: {Path(ssl['out']) / SUMMARY_MD}."))
     return section
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
+from rgm_ray.runtime import ClusterOptions, worker_count
 from rgm_ray.store import SampleSet
 
 TASK_RETRIES = 3  # shard tasks only read, so a retry is harmless
@@ -29,7 +30,8 @@ class ShardRunner:
 
         self.samples = samples
         self.paths = [str(p) for p in samples.shard_paths]
-        self.max_inflight = max_inflight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        # two one-CPU tasks queued per CPU keep every core busy while results travel back
+        self.max_inflight = max_inflight or 2 * worker_count(ClusterOptions(), ray.cluster_resources())
         self.progress = progress
         self.rounds = 0
         self._remote: dict[Callable, Any] = {}
