@@ -20,7 +20,7 @@ from rgm_ray.cli import cmd_evaluate
 from rgm_ray.data import load_dataset
 from rgm_ray.evaluate import (DOMAIN_EXTRACTOR, KEY_FID, KEY_IS, KEY_KID, KEY_PRECISION, KEY_RECALL,
                               KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, METRIC_KEYS, EvalConfig, EvalSet,
-                              FidelityFeaturizer, domain_spec, effective_sample_size, evaluate,
+                              FidelityFeaturizer, domain_spec, evaluate,
                               fidelity_metrics, inception_spec, markdown_table, register_domain_extractor,
                               validate_sets, weighted_fid)
 from rgm_ray.evaluate.features import (DOMAIN_FEATURES, DOMAIN_LOGITS, DomainFeatureExtractor,
@@ -28,7 +28,8 @@ from rgm_ray.evaluate.features import (DOMAIN_FEATURES, DOMAIN_LOGITS, DomainFea
 from rgm_ray.evaluate.outputs import top_bottom_rows
 from rgm_ray.evaluate.protocol import REFERENCE, draw_real_subsets, draw_subsets
 from rgm_ray.evaluate.stage import EvaluateResult
-from rgm_ray.evaluate.weighted_fid import normalised_weights, weighted_statistics
+from rgm_ray.evaluate.weighted_fid import weighted_statistics
+from rgm_ray.weigh.transforms import effective_sample_size, self_normalize
 from rgm_ray.models.checkpoint import load_checkpoint
 from rgm_ray.models.domain import DomainConfig, train_domain_classifier
 from rgm_ray.models.resnet import preprocess
@@ -215,10 +216,10 @@ def test_weighted_fid_reduces_to_fid_and_follows_the_weights():
     assert weighted_fid(shifted, np.zeros(400), real) > 5 * good_only
     assert effective_sample_size(np.zeros(50)) == pytest.approx(50)
     assert effective_sample_size(np.r_[0.0, np.full(9, -np.inf)]) == pytest.approx(1)
-    assert normalised_weights(np.array([1000.0, 1000.0])) == pytest.approx([0.5, 0.5])
+    assert self_normalize(np.array([1000.0, 1000.0])) == pytest.approx([0.5, 0.5])
     for bad in (np.array([0.0, np.nan]), np.array([np.inf, 0.0]), np.full(3, -np.inf)):
         with pytest.raises(ValueError):
-            normalised_weights(bad)
+            self_normalize(bad)
     with pytest.raises(ValueError, match="two images"):
         weighted_statistics(gen[:3], np.array([0.0, -np.inf, -np.inf]))
 

@@ -115,3 +115,17 @@ def test_rerun_skips_finished_stages(run, capsys):
     assert before == after  # nothing recomputed or rewritten
     err = capsys.readouterr().err
     assert "weigh_vae: complete" in err and "evaluate: complete" in err and "[13/13] report ..." in err
+
+
+def test_a_weigh_stage_killed_before_publication_is_redone(run, capsys):
+    """Issue 19, defect 2: weighted/ without the diagnostics and marker is unfinished, not 'done'."""
+    out = run["out"] / "weights" / "vae"
+    weighted = {p.name: p.read_bytes() for p in (out / "weighted").glob("*.parquet")}
+    for name in ("_complete.json", "weights_summary.json", "calibration.json"):
+        (out / name).unlink()  # as if killed after writing weighted/
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run["out"]), "--no-mlflow", *SHRINK]) == 0
+    err = capsys.readouterr().err
+    assert "[7/13] weigh_vae ..." in err and "weigh_pixelcnn: complete" in err
+    assert (out / "_complete.json").is_file() and (out / "weights_summary.json").is_file()
+    assert {p.name: p.read_bytes() for p in (out / "weighted").glob("*.parquet")} == weighted  # same weights
+    assert "| VAE |" in (run["out"] / "report.md").read_text()

@@ -232,7 +232,7 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, cluster: ClusterOp
     remote_cls = ray.remote(ShardSampler).options(
         num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker,
         max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-    actors = [remote_cls.remote(str(checkpoint), cluster.threads, cluster.device) for _ in range(n_workers)]
+    actors = [remote_cls.remote(str(checkpoint.resolve()), cluster.threads, cluster.device) for _ in range(n_workers)]
     pids = ray.get([actor.pid.remote() for actor in actors])  # also waits until every model is loaded
     queue = collections.deque(pending)
     idle = list(range(n_workers))

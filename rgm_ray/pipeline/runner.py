@@ -1,8 +1,8 @@
 """Run the pipeline's stages in order: skip the complete ones, time and track the rest.
 
-The runner alone decides what runs: a stage whose output is complete (its own ``is_complete``) and
-recorded in ``pipeline.json`` is skipped, so re-running a crashed pipeline continues where it
-stopped. Each stage that runs gets one MLflow run nested under the pipeline's parent run, holding
+The runner alone decides what runs: a stage whose output is complete (its own ``is_complete``) is
+skipped, keeping what ``pipeline.json`` recorded of it (or facts read back from the output), so
+re-running a crashed pipeline continues where it stopped and never redoes finished work. Each stage that runs gets one MLflow run nested under the pipeline's parent run, holding
 that stage's params, metrics and artefacts (the stage entry points log into the tracker they are
 given and open no runs of their own).
 """
@@ -57,8 +57,8 @@ def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
     with start_run(f"pipeline-{ctx.preset_name}", enabled=ctx.track,
                    params={"preset": ctx.preset_name, "run_dir": str(ctx.run_dir)}) as parent:
         for i, stage in enumerate(stages, 1):
-            if stage.name in recorded and stage.is_complete(ctx):
-                ctx.outputs[stage.name] = recorded[stage.name]
+            if stage.is_complete(ctx):
+                ctx.outputs[stage.name] = recorded.get(stage.name) or stage.recorded_facts(ctx)
                 _say(f"[{i}/{len(stages)}] {stage.name}: complete in {stage.out(ctx)}, skipped")
             else:
                 _say(f"[{i}/{len(stages)}] {stage.name} ...")

@@ -45,6 +45,18 @@ class Stage:
     out: Callable[[Context], Path]
     is_complete: Callable[[Context], bool]
     run: Callable[[Context, Tracker], StageResult]
+    # What to record for a complete output that ``pipeline.json`` does not describe (a run killed
+    # between a stage's last write and the state file): facts read back from the output itself.
+    describe: Callable[[Context], dict[str, Any]] | None = None
+
+    def recorded_facts(self, ctx: Context) -> dict[str, Any]:
+        return self.describe(ctx) if self.describe else {"out": str(self.out(ctx))}
+
+
+def _logged(spec: Any, tracker: Tracker) -> Any:
+    """``spec``, after logging it as the stage run's params."""
+    tracker.log_params(dataclasses.asdict(spec))
+    return spec
 
 
 def _is_set(path: Path) -> bool:
@@ -95,6 +107,22 @@ def _train_complete(name: str) -> Callable[[Context], bool]:
     return check
 
 
+def _describe_train(name: str) -> Callable[[Context], dict[str, Any]]:
+    def describe(ctx: Context) -> dict[str, Any]:
+        out = ctx.path("models", name)
+        metrics = json.loads((out / METRICS_JSON).read_text())
+        return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
+                           checkpoint=str(out / CHECKPOINT_DIR)).to_dict()
+    return describe
+
+
+def _describe_resample(name: str) -> Callable[[Context], dict[str, Any]]:
+    def describe(ctx: Context) -> dict[str, Any]:
+        out = ctx.path("resampled", name)
+        return {**SampleSet(out).manifest.info[resample.stage.INFO_SUMMARY], "out": str(out)}
+    return describe
+
+
 def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
     """Train generator ``name``, or copy the preset's committed checkpoint of it."""
     def run(ctx: Context, tracker: Tracker) -> StageResult:
@@ -108,6 +136,7 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             origin = f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
             metrics = json.loads((out / METRICS_JSON).read_text())
             tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            tracker.log_params({"pretrained": pretrained, "family": name})
             tracker.set_tags({"origin": origin})
             return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
                                checkpoint=str(out / CHECKPOINT_DIR), origin=origin)
@@ -115,7 +144,7 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
                          model=ctx.config(family.preset_section), train=ctx.config(family.train_section),
                          preset=ctx.preset_name)
-        return train_generator(spec, tracker=tracker, origin="trained in this run")
+        return train_generator(_logged(spec, tracker), tracker=tracker, origin="trained in this run")
     return run
 
 
@@ -127,12 +156,6 @@ def _generate_spec(ctx: Context, name: str) -> GenerateSpec:
     return GenerateSpec(checkpoint=str(ctx.path("models", name)), out=str(ctx.path("samples", name)),
                         num_samples=config.num_samples, shard_size=config.shard_size, seed=config.seed,
                         sampler=config.sampler_for(name), batch_size=config.batch_size)
-
-
-def _logged(spec: Any, tracker: Tracker) -> Any:
-    """``spec``, after logging it as the stage run's params."""
-    tracker.log_params(dataclasses.asdict(spec))
-    return spec
 
 
 def _run_generate(name: str) -> Callable[[Context, Tracker], StageResult]:
@@ -247,13 +270,15 @@ def stages_for(ctx: Context) -> list[Stage]:
     stages = [Stage("data", _data_out, lambda c: all(_is_set(c.path("data", f"real_{s}")) for s in SPLITS),
                     _run_data),
               Stage("domain", lambda c: c.path("domain"), _domain_complete, _run_domain)]
-    stages += [Stage(f"train_{g}", _train_out(g), _train_complete(g), _run_train(g)) for g in gens]
+    stages += [Stage(f"train_{g}", _train_out(g), _train_complete(g), _run_train(g), _describe_train(g))
+               for g in gens]
     stages += [Stage(f"generate_{g}", lambda c, g=g: c.path("samples", g),
                      lambda c, g=g: generate.is_complete(_generate_spec(c, g)), _run_generate(g)) for g in gens]
     stages += [Stage(f"weigh_{g}", lambda c, g=g: c.path("weights", g),
                      lambda c, g=g: weigh.is_complete(c.path("weights", g)), _run_weigh(g)) for g in gens]
     stages += [Stage(f"resample_{g}", lambda c, g=g: c.path("resampled", g),
-                     lambda c, g=g: resample.is_complete(_resample_spec(c, g)), _run_resample(g)) for g in gens]
+                     lambda c, g=g: resample.is_complete(_resample_spec(c, g)), _run_resample(g),
+                     _describe_resample(g)) for g in gens]
     stages.append(Stage("evaluate", lambda c: c.path("evaluate"), lambda c: evaluate.is_complete(c.path("evaluate")),
                         _run_evaluate))
     stages.append(Stage("ssl", lambda c: c.path("ssl"), lambda c: tune.is_complete(c.path("ssl")), _run_ssl))

@@ -29,7 +29,7 @@ class ShardRunner:
         import ray
 
         self.samples = samples
-        self.paths = [str(p) for p in samples.shard_paths]
+        self.paths = [str(p.resolve()) for p in samples.shard_paths]  # workers have their own cwd
         # two one-CPU tasks queued per CPU keep every core busy while results travel back
         self.max_inflight = max_inflight or 2 * worker_count(ClusterOptions(), ray.cluster_resources())
         self.progress = progress

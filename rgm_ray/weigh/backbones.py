@@ -22,7 +22,6 @@ from rgm_ray.models.extractors import (EXTRACTOR_KINDS, FeatureExtractor, Featur
 
 CNN = "cnn"
 BACKBONES = (*EXTRACTOR_KINDS, CNN)
-Backbone = FeatureExtractor  # transitional: weigh/weigher.py still imports this name (issue 13 hand-over)
 
 
 @dataclass(frozen=True)

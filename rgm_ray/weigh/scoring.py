@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -106,14 +107,15 @@ def score_sample_set(samples: SampleSet, weigher_dir: str, cluster: ClusterOptio
     init_ray(cluster.address)
     workers = worker_count(cluster, ray.cluster_resources(), reserve_cpu=True)
     expected = np.sort(samples.read([SAMPLE_ID])[SAMPLE_ID].astype(np.int64))
-    dataset = ray.data.read_parquet([str(p) for p in samples.shard_paths]).select_columns([SAMPLE_ID, IMAGE])
+    # absolute paths: Ray's workers do not share the driver's working directory
+    dataset = ray.data.read_parquet([str(p.resolve()) for p in samples.shard_paths]).select_columns([SAMPLE_ID, IMAGE])
     blocks = BLOCKS_PER_WORKER * workers if options.blocks is None else options.blocks
     if blocks:
         dataset = dataset.repartition(blocks)
     scored = dataset.map_batches(
         LogWeightScorer, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cluster.cpus_per_worker,
         num_gpus=cluster.gpus_per_worker, batch_size=options.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"weigher_dir": str(weigher_dir), "threads": cluster.threads,
+        fn_constructor_kwargs={"weigher_dir": str(Path(weigher_dir).resolve()), "threads": cluster.threads,
                                "device": cluster.device})
     bar = progress(total=len(expected), desc="score", unit="img") if progress else None
     started = time.perf_counter()

@@ -107,7 +107,8 @@ def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, 
                       progress) -> tuple[BackboneSpec, ImagePool, list[str]]:
     """The backbone spec, the real pool without the backbone's training rows, and notes for the report."""
     if config.backbone == "inception":
-        return BackboneSpec("inception", config.inception_weights), real, []
+        weights = config.inception_weights and str(Path(config.inception_weights).resolve())
+        return BackboneSpec("inception", weights), real, []
     if config.backbone == "cnn":
         return BackboneSpec("cnn"), real, []
     notes: list[str] = []
@@ -131,7 +132,7 @@ def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, 
             real = real.without(np.arange(int(train_images)), f"the {train_images} images the domain backbone "
                                                              "was trained on")
             notes.append(f"excluded the {train_images} real images the domain backbone was trained on")
-    return BackboneSpec("domain", str(path)), real, notes
+    return BackboneSpec("domain", str(path.resolve())), real, notes  # absolute: the scorers run elsewhere
 
 
 def _pool_features(pool: ImagePool, ids: np.ndarray, role: str, spec: BackboneSpec, backbone, *, cache_dir: Path,

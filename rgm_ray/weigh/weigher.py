@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from rgm_ray.store.atomic import atomic_directory
-from rgm_ray.weigh.backbones import Backbone, BackboneSpec, build_backbone
+from rgm_ray.models.extractors import FeatureExtractor
+from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
 from rgm_ray.weigh.classifier import HeadConfig, build_head
 from rgm_ray.weigh.crossfit import GENERATED, CrossFitPlan, assign_folds
 from rgm_ray.weigh.features import DEFAULT_CHUNK, apply_in_chunks
@@ -75,7 +76,7 @@ class LogWeightModel:
     """Callable pieces of the weigher; the driver (held-out metrics) and the scorers share them."""
 
     def __init__(self, config: WeigherConfig, heads: list[nn.Module], *, device: torch.device | str = "cpu",
-                 backbone: Backbone | None = None) -> None:
+                 backbone: FeatureExtractor | None = None) -> None:
         if len(heads) != config.folds:
             raise ValueError(f"{len(heads)} heads for {config.folds} folds")
         self.config = config
