@@ -1,9 +1,11 @@
 """What a generation run will produce, fixed before any shard is drawn.
 
 The plan (checkpoint digest, N, shard size, seed, sampler) is written to ``generation.json`` when a
-run starts. Re-running with the same plan resumes; a different plan against the same directory is
-refused unless ``--overwrite``. Shard ``i`` holds ``sample_id`` i*S .. min((i+1)*S, N) - 1 and draws
-its randomness from ``(seed, i)`` only, so the bytes never depend on how many workers ran.
+run starts; a generator plugin's plan (:class:`PluginPlan`) adds the plugin reference, its arguments
+and its image shape, its digest standing in for the checkpoint's. Re-running with the same plan
+resumes; a different plan against the same directory is refused unless ``--overwrite``. Shard ``i``
+holds ``sample_id`` i*S .. min((i+1)*S, N) - 1 and draws its randomness from ``(seed, i)`` only, so
+the bytes never depend on how many workers ran.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from rgm_ray.seeding import derive_seed
 from rgm_ray.store.atomic import atomic_write_json
 
 PLAN_FILE = "generation.json"
+PLUGIN_KIND = "plugin"  # a plugin plan's ``kind`` and ``sampler``
 
 
 class PlanMismatchError(ValueError):
@@ -58,9 +62,33 @@ class GenerationPlan:
     def shard_seed(self, index: int) -> int:
         return derive_seed(self.seed, index)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form recorded in ``generation.json`` and compared on every re-run."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PluginPlan(GenerationPlan):
+    """The plan of a generator plugin (``kind`` and ``sampler`` are ``PLUGIN_KIND``).
+
+    ``checkpoint_digest`` is the plugin's digest (reference, arguments, version), so a changed plugin
+    or argument is a different plan; ``image_shape`` is what every shard must hold.
+    """
+
+    generator: str  # "package.module:factory"
+    generator_args: tuple[tuple[str, Any], ...]  # sorted by name
+    image_shape: tuple[int, int, int]
+
+    @property
+    def source(self) -> str:
+        return f"plugin:{self.generator}:sha256:{self.checkpoint_digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "generator_args": dict(self.generator_args), "image_shape": list(self.image_shape)}
+
 
 def write_plan(directory: str | Path, plan: GenerationPlan) -> None:
-    atomic_write_json(Path(directory) / PLAN_FILE, asdict(plan))
+    atomic_write_json(Path(directory) / PLAN_FILE, plan.to_dict())
 
 
 def check_or_write_plan(directory: str | Path, plan: GenerationPlan) -> bool:
@@ -75,7 +103,7 @@ def check_or_write_plan(directory: str | Path, plan: GenerationPlan) -> bool:
             recorded = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise PlanMismatchError(f"{path}: unreadable ({exc}); pass --overwrite to start afresh") from exc
-        mine = asdict(plan)
+        mine = plan.to_dict()
         differing = sorted(k for k in set(mine) | set(recorded) if mine.get(k) != recorded.get(k))
         if differing:
             details = ", ".join(f"{k}: {recorded.get(k)!r} -> {mine.get(k)!r}" for k in differing)

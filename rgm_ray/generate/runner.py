@@ -6,6 +6,9 @@ and re-runs the call (``max_task_retries``; at-least-once is safe because the dr
 are idempotent), drawing the shard again with the same (seed, shard) noise, so the bytes are the
 same as if nothing had happened. An actor that is gone for good has its shard put back on the
 queue for the others. The driver alone writes shards (atomically), then the manifest.
+
+The generator is a checkpoint or a generator plugin (:mod:`rgm_ray.generate.plugins`); both run on
+the same actors with the same guarantees, the plan recording which one drew the set.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from rgm_ray.configs import strict_from_dict
-from rgm_ray.generate.plan import PLAN_FILE, GenerationPlan, PlanMismatchError, check_or_write_plan
+from rgm_ray.generate.plan import PLAN_FILE, GenerationPlan, PlanMismatchError, PluginPlan, check_or_write_plan
+from rgm_ray.generate.plugins import Plugin, plugin_args
 from rgm_ray.generate.shards import existing_shard, shard_table, write_generated_shard
 from rgm_ray.generate.workers import ShardSampler
 from rgm_ray.models.checkpoint import CONFIG_FILE, checkpoint_digest, load_checkpoint, read_checkpoint_config
@@ -79,27 +83,48 @@ def make_plan(checkpoint: str | Path, *, num_samples: int, shard_size: int, seed
 
 @dataclass(frozen=True)
 class GenerateSpec:
-    """What to draw: ``num_samples`` images of ``checkpoint`` into the set ``out``."""
+    """What to draw: ``num_samples`` images of ``checkpoint``, or of the plugin ``generator``, into the set ``out``.
 
-    checkpoint: str  # a checkpoint directory or the ``rgm train`` run directory holding one
-    out: str
-    num_samples: int
+    Exactly one of ``checkpoint`` and ``generator`` is given; ``out`` and ``num_samples`` are required
+    (their defaults only let ``checkpoint`` be left out).
+    """
+
+    checkpoint: str | None = None  # a checkpoint directory or the ``rgm train`` run directory holding one
+    out: str = ""
+    num_samples: int = 0
     shard_size: int = 1000
     seed: int = 0
     sampler: str | None = None  # None: the generator family's default (fastest exact) sampler
-    batch_size: int = 64
+    batch_size: int = 64  # checkpoints only: a plugin batches as it likes
+    generator: str | None = None  # a generator plugin, "package.module:factory" (see generate.plugins)
+    generator_args: tuple[tuple[str, Any], ...] = ()  # the factory's keyword arguments (a mapping will do)
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if (self.checkpoint is None) == (self.generator is None):
+            raise ValueError("give exactly one of checkpoint and generator (a plugin 'package.module:factory')")
+        if not self.out:
+            raise ValueError("out, the sample set's directory, is required")
+        if self.generator is None and self.generator_args:
+            raise ValueError("generator_args are a generator plugin's; give generator too")
+        if self.generator is not None and self.sampler is not None:
+            raise ValueError(f"sampler {self.sampler!r} is for checkpoints; a generator plugin samples its own way")
+        object.__setattr__(self, "generator_args", plugin_args(self.generator_args))
 
     @property
-    def checkpoint_dir(self) -> Path:
-        """The checkpoint directory itself (``rgm train``'s run directory is accepted for it)."""
+    def checkpoint_dir(self) -> Path | None:
+        """The checkpoint directory itself (``rgm train``'s run directory is accepted for it); None for a plugin."""
+        if self.checkpoint is None:
+            return None
         nested = Path(self.checkpoint) / CHECKPOINT_DIR
         return nested if (nested / CONFIG_FILE).is_file() else Path(self.checkpoint)
 
     def plan(self) -> GenerationPlan:
+        """The set's plan; a plugin is loaded and probed here, on the driver, so a broken one fails in one line."""
+        if self.generator is not None:
+            return Plugin(self.generator, self.generator_args).plan(
+                num_samples=self.num_samples, shard_size=self.shard_size, seed=self.seed)
         return make_plan(self.checkpoint_dir, num_samples=self.num_samples, shard_size=self.shard_size,
                          seed=self.seed, sampler=self.sampler)
 
@@ -127,7 +152,7 @@ def is_complete(spec: GenerateSpec) -> bool:
         recorded = json.loads((Path(spec.out) / PLAN_FILE).read_text())
     except (ManifestError, OSError, ValueError):
         return False
-    return recorded == asdict(spec.plan())
+    return recorded == spec.plan().to_dict()
 
 
 def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOptions(), *,
@@ -142,7 +167,8 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
     """
     tracker = tracker or NullTracker()
     checkpoint, out = spec.checkpoint_dir, Path(spec.out)
-    check_not_inside(out, [spec.checkpoint], flag="--out")
+    if spec.checkpoint is not None:
+        check_not_inside(out, [spec.checkpoint], flag="--out")
     plan = spec.plan()
     target = out
     if overwrite and out.exists() and not _holds_plan(out, plan):
@@ -165,16 +191,16 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
 
 def _holds_plan(directory: Path, plan: GenerationPlan) -> bool:
     try:
-        return json.loads((directory / PLAN_FILE).read_text()) == asdict(plan)
+        return json.loads((directory / PLAN_FILE).read_text()) == plan.to_dict()
     except (OSError, ValueError):
         return False
 
 
-def _fill(checkpoint: Path, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
+def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
           tracker: Tracker, command: str | None, progress, on_shard_done) -> GenerateResult:
-    """Draw the shards ``out`` lacks for ``plan`` and write its manifest."""
+    """Draw the shards ``out`` lacks for ``plan`` (of ``checkpoint``, None for a plugin) and write its manifest."""
     check_or_write_plan(out, plan)
-    shape = _checkpoint_shape(checkpoint)
+    shape = plan.image_shape if isinstance(plan, PluginPlan) else _checkpoint_shape(checkpoint)
     done: dict[int, ShardInfo] = {}
     for index in range(plan.num_shards):
         info = existing_shard(out, plan, index, shape)
@@ -187,16 +213,18 @@ def _fill(checkpoint: Path, out: Path, plan: GenerationPlan, cluster: ClusterOpt
                               reused_shards=len(done))
     if manifest_path.exists():
         manifest_path.unlink()  # the set is being changed: it is not finished until the new manifest
-    if pending:
+    if pending and checkpoint is not None:  # (a plugin was probed when it was planned)
         load_checkpoint(checkpoint)  # a broken checkpoint fails here in one line, not in every actor
 
     stats = _run_workers(checkpoint, out, plan, cluster, batch_size, pending, done, progress, on_shard_done) \
         if pending else {"per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, KEY_WORKER_RESTARTS: 0,
                          "workers": 0}
+    info = {"generation": plan.to_dict()}
+    if checkpoint is not None:
+        info["checkpoint"] = str(checkpoint)
     manifest = finish_sample_set(
         out, [done[i] for i in range(plan.num_shards)], shape=shape, source=plan.source,
-        columns=[f.name for f in BASE_FIELDS], prov=provenance(command, plan.seed),
-        info={"generation": asdict(plan), "checkpoint": str(checkpoint)})
+        columns=[f.name for f in BASE_FIELDS], prov=provenance(command, plan.seed), info=info)
     generated = sum(len(plan.shard_ids(i)) for i in pending)
     wall = stats[KEY_WALL_SECONDS]
     metrics = {KEY_SAMPLES_PER_SEC: generated / wall if wall > 0 else 0.0, KEY_WALL_SECONDS: wall,
@@ -222,7 +250,7 @@ def _manifest_matches(out: Path, done: dict[int, ShardInfo]) -> bool:
     return recorded == {s.file: s.sha256 for s in done.values()}
 
 
-def _run_workers(checkpoint, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
+def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
                  pending: list[int], done: dict[int, ShardInfo], progress, on_shard_done) -> dict[str, Any]:
     import ray
     from ray.exceptions import RayActorError
@@ -232,7 +260,8 @@ def _run_workers(checkpoint, out: Path, plan: GenerationPlan, cluster: ClusterOp
     remote_cls = ray.remote(ShardSampler).options(
         num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker,
         max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-    actors = [remote_cls.remote(str(checkpoint.resolve()), cluster.threads, cluster.device) for _ in range(n_workers)]
+    checkpoint_path = None if checkpoint is None else str(checkpoint.resolve())
+    actors = [remote_cls.remote(plan, checkpoint_path, cluster.threads, cluster.device) for _ in range(n_workers)]
     pids = ray.get([actor.pid.remote() for actor in actors])  # also waits until every model is loaded
     queue = collections.deque(pending)
     idle = list(range(n_workers))
