@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from rgm_ray.cli import cmd_bench
+from rgm_ray.models import gan_training, training
 from rgm_ray.models.checkpoint import MODEL_KINDS, load_checkpoint, read_checkpoint_config, save_checkpoint
+from rgm_ray.models.gan import GAN, GANConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from rgm_ray.models.registry import (
     FAMILIES,
@@ -25,27 +27,34 @@ from rgm_ray.models.registry import (
 )
 from rgm_ray.models.resnet import ResNet
 from rgm_ray.models.vae import VAE, VAEConfig
-from rgm_ray.pipeline.presets import PRESETS, load_preset, section
+from rgm_ray.pipeline.presets import PRESETS, PipelineConfig, load_preset, section
 
 DEMO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "rgm_ray" / "assets" / "demo"
-# One tiny architecture per family (8x8 or 12x12 grey/RGB images, a few channels).
+# One tiny architecture per family (8x8 grey/RGB images, a few channels; the GAN's smallest size is 28x28).
 TINY = {
     "vae": {"in_channels": 1, "image_size": 8, "latent_dim": 4, "base_channels": 4},
     "pixelcnn": {"in_channels": 3, "image_size": 8, "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 2,
                  "dropout": 0.0},
+    "gan": {"in_channels": 3, "image_size": 28, "latent_dim": 4, "base_channels": 4, "spectral_norm": True,
+            "loss": "hinge"},
 }
+COMMITTED = ("vae", "pixelcnn")  # the families with a demo checkpoint under rgm_ray/assets/demo/
 
 
 def test_names_kinds_and_samplers():
-    assert GENERATOR_NAMES == ("vae", "pixelcnn") == tuple(f.name for f in FAMILIES)
-    vae, pixelcnn = get_family("vae"), get_family("pixelcnn")
+    assert GENERATOR_NAMES == ("vae", "pixelcnn", "gan") == tuple(f.name for f in FAMILIES)
+    vae, pixelcnn, gan = get_family("vae"), get_family("pixelcnn"), get_family("gan")
     assert (vae.display_name, vae.kind, vae.model_class, vae.config_class) == ("VAE", "vae", VAE, VAEConfig)
     assert (pixelcnn.display_name, pixelcnn.kind, pixelcnn.model_class, pixelcnn.config_class) == (
         "PixelCNN++", "pixelcnnpp", PixelCNNpp, PixelCNNppConfig)
-    assert vae.samplers == ("mean", "sample") and pixelcnn.samplers == ("cached", "naive")
+    assert (gan.display_name, gan.kind, gan.model_class, gan.config_class) == ("GAN", "gan", GAN, GANConfig)
+    assert vae.samplers == ("mean", "sample") and pixelcnn.samplers == ("cached", "naive") and gan.samplers == (
+        "sample",)
     assert default_sampler("vae") == "mean" and default_sampler("pixelcnnpp") == pixelcnn.default_sampler == "cached"
     assert (vae.preset_section, vae.train_section) == ("vae", "train_vae")
     assert (pixelcnn.preset_section, pixelcnn.train_section) == ("pixelcnn", "train_pixelcnn")
+    assert (gan.preset_section, gan.train_section) == ("gan", "train_gan")
+    assert vae.train is pixelcnn.train is training.train and gan.train is gan_training.train_gan
     check_sampler("pixelcnn", "naive")
     with pytest.raises(ValueError, match="does not fit a vae checkpoint; choose from mean, sample"):
         check_sampler("vae", "cached")
@@ -59,10 +68,10 @@ def test_lookup_by_name_kind_and_the_deprecated_spelling():
         assert parse_generator_name("vae") == "vae" and parse_generator_name("pixelcnn") == "pixelcnn"
     with pytest.warns(DeprecationWarning, match="'pixelcnnpp' is deprecated; use 'pixelcnn'"):
         assert parse_generator_name("pixelcnnpp") == "pixelcnn"
-    for bad in ("gan", "resnet"):
-        with pytest.raises(ValueError, match="known: vae, pixelcnn"):
+    for bad in ("diffusion", "resnet"):
+        with pytest.raises(ValueError, match="known: vae, pixelcnn, gan$"):
             get_family(bad)
-        with pytest.raises(ValueError, match="known: vae, pixelcnn"):
+        with pytest.raises(ValueError, match="known: vae, pixelcnn, gan$"):
             parse_generator_name(bad)
     with pytest.raises(ValueError, match="not a generator checkpoint kind"):
         family_for_kind("pixelcnn")  # the public name is not the kind
@@ -79,7 +88,7 @@ def test_bench_model_flag_takes_public_names_and_notes_the_old_one(capsys):
     assert capsys.readouterr().err.strip() == ("rgm bench generate: note: generator name 'pixelcnnpp' is "
                                                "deprecated; use 'pixelcnn'")
     with pytest.raises(SystemExit):
-        parser.parse_args(["bench", "generate", "--model", "gan"])
+        parser.parse_args(["bench", "generate", "--model", "resnet"])
 
 
 def test_every_preset_has_every_family_section():
@@ -90,8 +99,14 @@ def test_every_preset_has_every_family_section():
             section(load_preset(preset), family.train_section)
 
 
+def test_pipeline_runs_the_committed_families_until_a_demo_gan_exists():
+    assert PipelineConfig().generators == COMMITTED
+    for preset in PRESETS:
+        assert set(section(load_preset(preset), "pipeline").generators) <= set(COMMITTED)
+
+
 def test_committed_checkpoints_keep_their_kinds():
-    for name in GENERATOR_NAMES:
+    for name in COMMITTED:
         record = read_checkpoint_config(DEMO_CHECKPOINTS / name / "checkpoint")
         assert family_for_kind(record["kind"]) is get_family(name)
 

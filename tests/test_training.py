@@ -71,7 +71,7 @@ def test_corrupted_or_wrong_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(other)
     with pytest.raises(CheckpointError, match="unknown model kind"):
-        build_model("gan", {})
+        build_model("diffusion", {})
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""``rgm train {vae,pixelcnn}``: maximum-likelihood training of a generator."""
+"""``rgm train {vae,pixelcnn,gan}``: train a generator (maximum likelihood, or adversarial for the GAN)."""
 
 from __future__ import annotations
 

@@ -3,19 +3,25 @@
 A family is everything the rest of rgm_ray needs to know about one kind of generator: its public
 name (CLI arguments, preset lists, run directories), the name tables and figures show, the
 checkpoint ``kind`` its model writes into ``config.json``, its model and config classes, its
-samplers, how to draw images from it and which preset sections hold its architecture and training
-defaults.
+samplers, how to draw images from it, how to train it and which preset sections hold its
+architecture and training defaults.
 
-Adding a family (say a GAN) is one new module plus one entry in ``FAMILIES``. The module provides
+Adding a family is one new module plus one entry in ``FAMILIES``. The module provides
 
 - a frozen config dataclass with ``to_dict()`` and a strict ``from_dict(d)`` (unknown keys raise);
 - an ``nn.Module`` built as ``Model(config)``, with a class attribute ``kind`` (the checkpoint kind:
-  never renamed once checkpoints exist), the attribute ``config`` and ``loss(x_uint8)`` (training);
+  never renamed once checkpoints exist) and the attribute ``config``;
 - a sampling function ``sample(model, n, *, seed, batch_size, sampler) -> uint8 Tensor [n,C,H,W]``
   on the CPU, in which image ``j`` depends only on ``(seed, j)``; its sampler names go in
   ``samplers``, the default (fastest exact) one first;
+- a training loop with the signature and outputs of :func:`rgm_ray.models.training.train`, named
+  in ``train_loop``: a likelihood model gives itself ``loss(x_uint8)`` and uses that loop (VAE,
+  PixelCNN++), an adversarial one brings its own (the GAN: :mod:`rgm_ray.models.gan_training`);
 
 and ``presets.py`` gets the family's two sections (``preset_section``, ``train_section``).
+
+Training loops are named as ``"module:function"`` and imported on first use because they import
+this registry themselves (checkpoints rebuild their model through it).
 
 Checkpoint kinds outlive names: PixelCNN++ checkpoints say ``"pixelcnnpp"`` (so committed ones load
 byte for byte) while its public name is ``"pixelcnn"``. A kind that differs from its family's name is
@@ -24,19 +30,25 @@ therefore also accepted as a deprecated spelling of that name (``parse_generator
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
-from rgm_ray.models import pixelcnnpp_sampling, vae
+from rgm_ray.models import gan, pixelcnnpp_sampling, vae
+from rgm_ray.models.gan import GAN, GANConfig
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from rgm_ray.models.vae import VAE, VAEConfig
 
 # (model, n, *, seed, batch_size, sampler) -> CPU uint8 images [n,C,H,W]; image j depends on (seed, j) only.
 SampleFunction = Callable[..., Tensor]
+# (model, train_images, test_images, config, out, *, meta, tracker, device, progress) -> summary (metrics.json)
+TrainFunction = Callable[..., dict[str, Any]]
+MLE_TRAIN_LOOP = "rgm_ray.models.training:train"
 
 
 @dataclass(frozen=True)
@@ -52,11 +64,18 @@ class GeneratorFamily:
     default_batch_size: int  # what ``draw`` uses when given none (e.g. the training sample grid)
     preset_section: str  # the preset section holding the model config
     train_section: str  # the preset section holding the training defaults
+    train_loop: str  # "module:function" of its training loop (see ``train``)
 
     @property
     def kind(self) -> str:
         """The checkpoint ``kind`` (``config.json``), which may differ from the public name."""
         return self.model_class.kind
+
+    @property
+    def train(self) -> TrainFunction:
+        """The family's training loop: ``train(model, train_images, test_images, config, out, *, meta, ...)``."""
+        module, _, function = self.train_loop.partition(":")
+        return getattr(importlib.import_module(module), function)
 
     @property
     def default_sampler(self) -> str:
@@ -85,13 +104,18 @@ FAMILIES: tuple[GeneratorFamily, ...] = (  # in pipeline order
     GeneratorFamily(
         name="vae", display_name="VAE", model_class=VAE, config_class=VAEConfig,
         samplers=vae.SAMPLE_MODES, sample=_sample_vae, default_batch_size=vae.DEFAULT_BATCH_SIZE,
-        preset_section="vae", train_section="train_vae",
+        preset_section="vae", train_section="train_vae", train_loop=MLE_TRAIN_LOOP,
     ),
     GeneratorFamily(
         name="pixelcnn", display_name="PixelCNN++", model_class=PixelCNNpp, config_class=PixelCNNppConfig,
         samplers=tuple(pixelcnnpp_sampling.SAMPLERS), sample=pixelcnnpp_sampling.sample_pixelcnnpp,
         default_batch_size=pixelcnnpp_sampling.DEFAULT_BATCH_SIZE,
-        preset_section="pixelcnn", train_section="train_pixelcnn",
+        preset_section="pixelcnn", train_section="train_pixelcnn", train_loop=MLE_TRAIN_LOOP,
+    ),
+    GeneratorFamily(
+        name="gan", display_name="GAN", model_class=GAN, config_class=GANConfig,
+        samplers=gan.SAMPLERS, sample=gan.sample_gan, default_batch_size=gan.DEFAULT_BATCH_SIZE,
+        preset_section="gan", train_section="train_gan", train_loop="rgm_ray.models.gan_training:train_gan",
     ),
 )
 GENERATOR_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)

@@ -1,7 +1,7 @@
 """The train stage's entry point: fit one generator family on a dataset's train split.
 
 ``rgm train`` and the pipeline both call :func:`train_generator`; the family (from the registry)
-says how to build the model, ``training.train`` does the resumable maximum-likelihood loop.
+says how to build the model and which resumable loop trains it (maximum likelihood, or adversarial).
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import torch
 
 from rgm_ray.data import load_dataset
 from rgm_ray.models.checkpoint import build_model
+from rgm_ray.models.gan_training import KEY_FID
 from rgm_ray.models.registry import get_family
-from rgm_ray.models.training import CHECKPOINT_DIR, KEY_TEST_BPD, METRICS_JSON, TrainConfig, train
+from rgm_ray.models.training import CHECKPOINT_DIR, KEY_TEST_BPD, METRICS_JSON, TrainConfig
 from rgm_ray.results import StageResult
 from rgm_ray.tracking import NullTracker, Tracker
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    family: str  # a registry name ("vae", "pixelcnn")
+    family: str  # a registry name ("vae", "pixelcnn", "gan")
     dataset: str
     out: str  # run directory: checkpoint/, samples.png, metrics.json
     model: Any  # the family's config dataclass
-    train: TrainConfig
+    train: TrainConfig  # or the subclass its training loop takes (GANTrainConfig)
     root: str | None = None
     preset: str | None = None  # recorded in the checkpoint's metadata
 
@@ -42,8 +43,16 @@ class TrainResult(StageResult):
     @property
     def message(self) -> str:
         m = self.metrics
-        return (f"trained {self.family} for {m.get('steps')} steps ({m.get('train_seconds', 0):.0f} s): test "
-                f"{m.get(KEY_TEST_BPD, float('nan')):.3f} bits/dim; checkpoint {self.checkpoint}")
+        return (f"trained {self.family} for {m.get('steps')} steps ({m.get('train_seconds', 0):.0f} s): "
+                f"{_quality(m)}; checkpoint {self.checkpoint}")
+
+
+def _quality(metrics: dict[str, Any]) -> str:
+    """Test bits/dim for a likelihood model; a GAN's domain FID, or that it was skipped."""
+    if KEY_FID not in metrics:
+        return f"test {metrics.get(KEY_TEST_BPD, float('nan')):.3f} bits/dim"
+    fid = metrics[KEY_FID]
+    return "no FID (no domain checkpoint given)" if fid is None else f"domain FID {fid:.2f}"
 
 
 def train_generator(spec: TrainSpec, *, tracker: Tracker | None = None, device: torch.device | None = None,
@@ -56,8 +65,9 @@ def train_generator(spec: TrainSpec, *, tracker: Tracker | None = None, device: 
     torch.manual_seed(spec.train.seed)  # the initial weights are part of the run's seed
     model = build_model(family.kind, spec.model.to_dict())
     out = Path(spec.out)
-    train(model, train_split.images, test_split.images, spec.train, out,
-          meta={"dataset": spec.dataset, "preset": spec.preset}, tracker=tracker, device=device, progress=progress)
+    family.train(model, train_split.images, test_split.images, spec.train, out,
+                 meta={"dataset": spec.dataset, "preset": spec.preset}, tracker=tracker, device=device,
+                 progress=progress)
     metrics = json.loads((out / METRICS_JSON).read_text())
     tracker.set_tags({"origin": origin})
     return TrainResult(out=str(out), metrics=metrics, family=family.name, run=str(out), checkpoint=str(out / CHECKPOINT_DIR),

@@ -176,7 +176,7 @@ def train(model: nn.Module, train_images: np.ndarray, test_images: np.ndarray, c
     return summary
 
 
-def _resume_identity(record: dict[str, Any]) -> str:
+def resume_identity(record: dict[str, Any]) -> str:
     """What must match to resume: everything but the training length, which may be extended."""
     train_config = {k: v for k, v in (record.get("train_config") or {}).items()
                     if k not in ("epochs", "max_steps")}
@@ -188,7 +188,7 @@ def _resume(ckpt: Path, model: nn.Module, optimizer, scheduler, run_meta: dict[s
     """Load weights + optimiser state from ``ckpt``; refuse a checkpoint of another configuration."""
     record = read_checkpoint_config(ckpt)
     mine = {"kind": model.kind, "model_config": model.config.to_dict(), **run_meta}
-    if _resume_identity(mine) != _resume_identity({k: record.get(k) for k in mine}):
+    if resume_identity(mine) != resume_identity({k: record.get(k) for k in mine}):
         raise ValueError(f"{ckpt} was written by a different configuration; use another --out or "
                          f"--overwrite to start afresh")
     model.load_state_dict(load_weights(ckpt))

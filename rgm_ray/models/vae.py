@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rgm_ray.configs import strict_from_dict
+from rgm_ray.models.image_checks import check_uint8_images
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.seeding import torch_generator
 
@@ -97,7 +98,7 @@ class VAE(nn.Module):
 
     def encode(self, x_uint8: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior q(z|x) as (mean, logvar), each [B,latent]."""
-        self._check_images(x_uint8)
+        check_uint8_images(x_uint8, self.config.in_channels, self.config.image_size)
         h = self.encoder(lm.to_unit_range(x_uint8.to(self._device)))
         mean, logvar = self.to_posterior(h).chunk(2, dim=-1)
         return mean, logvar
@@ -190,10 +191,3 @@ class VAE(nn.Module):
             mix_u, pix_u = (u.reshape(-1, u.shape[-1]) for u in noise)
         pixels = lm.sample_pixels(flat, mix_u.to(flat.device), pix_u.to(flat.device))  # [B*H*W, C]
         return pixels.view(bsz, h, w, c).permute(0, 3, 1, 2).contiguous().cpu()
-
-    def _check_images(self, x: Tensor) -> None:
-        cfg = self.config
-        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"expected uint8 images [B,{','.join(map(str, expected))}], "
-                             f"got {x.dtype} {tuple(x.shape)}")

@@ -20,11 +20,10 @@ from rgm_ray.data import DATASET_NAMES, DATASET_SHAPES
 from rgm_ray.evaluate.protocol import EvalConfig
 from rgm_ray.generate import GenerateConfig
 from rgm_ray.models.domain import DomainConfig
-from rgm_ray.models.pixelcnnpp import PixelCNNppConfig
+from rgm_ray.models.gan_training import GANTrainConfig
 from rgm_ray.models.training import TrainConfig
-from rgm_ray.models.vae import VAEConfig
 from rgm_ray.weigh.stage import WeighConfig
-from rgm_ray.models.registry import GENERATOR_NAMES
+from rgm_ray.models.registry import FAMILIES, GENERATOR_NAMES
 from rgm_ray.resample import ResampleConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -36,7 +35,7 @@ class PipelineConfig:
     """Pipeline-level switches of a preset (its ``pipeline`` section)."""
 
     pretrained: str | None = None  # name of committed checkpoints under rgm_ray/assets/ (demo)
-    generators: tuple[str, ...] = GENERATOR_NAMES
+    generators: tuple[str, ...] = ("vae", "pixelcnn")  # "gan" joins once a demo GAN checkpoint is committed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "generators", tuple(self.generators))
@@ -80,6 +79,9 @@ PRESETS: dict[str, Preset] = {
                            "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
         "train_vae": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-3, "eval_every": 6,
                       "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
+        "gan": {"latent_dim": 16, "base_channels": 8},
+        "train_gan": {"epochs": 1, "max_steps": 12, "batch_size": 16, "lr": 2e-4, "eval_every": 6,
+                      "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
         "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024, "test_images": 500},
         "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
         "pipeline": {"pretrained": None},
@@ -98,6 +100,9 @@ PRESETS: dict[str, Preset] = {
                            "eval_every": 500, "eval_images": 1000, "checkpoint_every": 250},
         "train_vae": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000,
                       "checkpoint_every": 500},
+        "gan": {"latent_dim": 64, "base_channels": 32},
+        "train_gan": {"epochs": 5, "batch_size": 64, "lr": 2e-4, "eval_every": 500, "eval_images": 2000,
+                      "checkpoint_every": 500},
         "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
         "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
         "pipeline": {"pretrained": "demo"},
@@ -114,6 +119,11 @@ PRESETS: dict[str, Preset] = {
                            "eval_every": 5000, "eval_images": 10000, "checkpoint_every": 2000},
         "train_vae": {"epochs": 500, "batch_size": 128, "lr": 1e-3, "eval_every": 2000,
                       "eval_images": 10000, "checkpoint_every": 2000},
+        # SNGAN-sized (Miyato et al. 2018: spectral norm + hinge, widths 128..512, latent 128) with DCGAN-style
+        # optimisation (Adam 2e-4, betas 0.5/0.999, one discriminator step per generator step); ~100k steps
+        "gan": {"latent_dim": 128, "base_channels": 128, "spectral_norm": True, "loss": "hinge"},
+        "train_gan": {"epochs": 128, "batch_size": 64, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
+                      "discriminator_steps": 1, "eval_every": 5000, "eval_images": 10000, "checkpoint_every": 2000},
         "domain": {"epochs": 30, "batch_size": 128},
         "generate": {"num_samples": 150_000, "shard_size": 1000, "batch_size": 256},
         "pipeline": {"pretrained": None},
@@ -143,10 +153,10 @@ def _data_section(preset: Preset, section: dict[str, Any]) -> dict[str, Any]:
 # section name -> builder of its validated config object
 SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "data": _data_section,
-    "pixelcnn": _model_section(PixelCNNppConfig),
-    "vae": _model_section(VAEConfig),
+    **{family.preset_section: _model_section(family.config_class) for family in FAMILIES},
     "train_pixelcnn": lambda _, section: TrainConfig.from_dict(section),
     "train_vae": lambda _, section: TrainConfig.from_dict(section),
+    "train_gan": lambda _, section: GANTrainConfig.from_dict(section),
     "domain": lambda _, section: DomainConfig.from_dict(section),
     "generate": lambda _, section: GenerateConfig.from_dict(section),
     "pipeline": lambda _, section: PipelineConfig.from_dict(section),
