@@ -60,3 +60,25 @@ def test_export_then_verify_then_damage(tmp_path, tracking_uri, capsys):
 def test_missing_dataset_is_a_clean_error(tmp_path, capsys):
     assert main(["data", "export", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--no-mlflow"]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_interruption_and_storage_failures_are_one_line(monkeypatch, tmp_path, capsys):
+    import errno
+
+    import rgm_ray.cli.cmd_report as cmd_report
+    from rgm_ray.cli.main import main
+
+    def interrupted(run_dir):
+        raise KeyboardInterrupt
+
+    def disk_full(run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.md"))
+
+    monkeypatch.setattr(cmd_report, "build_report", interrupted)
+    assert main(["report", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "re-run the same command" in err and "Traceback" not in err
+    monkeypatch.setattr(cmd_report, "build_report", disk_full)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err and str(tmp_path / "report.md") in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from rgm_ray import __version__
@@ -15,6 +16,8 @@ COMMANDS = (cmd_data, cmd_train, cmd_generate, cmd_weigh, cmd_resample, cmd_eval
 # Failures a user can fix: one clear line, no traceback, exit code 2.
 USER_ERRORS = (UserError, DatasetNotFoundError, ArtefactExistsError, ManifestError, FileNotFoundError,
                ValueError)
+# Storage failures the user can fix (full disk, quota, read-only or forbidden target): one line too.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = args.handler(args)
     except USER_ERRORS as exc:
         print(f"rgm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rgm {args.command}: interrupted; finished outputs are kept and unfinished ones are never taken "
+              "for finished: re-run the same command to continue", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"rgm {args.command}: error: {exc.strerror}: {exc.filename or 'output path'} (free space or "
+              "permissions, then re-run the same command to continue)", file=sys.stderr)
         return 2
     emit_summary(args, summary)
     return 0

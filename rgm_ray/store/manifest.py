@@ -94,4 +94,21 @@ def read_manifest(directory: str | Path) -> Manifest:
     names = [s.file for s in shards]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: a shard is listed twice")
+    for name in names:
+        if not _is_plain_name(name):
+            raise ManifestError(f"{path}: shard file {name!r} is not a plain file name in the set's directory "
+                                "(no '/', '..', absolute or hidden paths); refusing to read outside the set")
     return manifest
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and "\\" not in name and not name.startswith(".")
+
+
+def shard_path(directory: str | Path, name: str) -> Path:
+    """``directory/name``, refused when a symlink (or anything else) takes it outside ``directory``."""
+    directory = Path(directory)
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise ManifestError(f"{path}: resolves to {path.resolve()}, outside the set {directory}; refusing to read it")
+    return path

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rgm_ray.store.manifest import Manifest, read_manifest
+from rgm_ray.store.manifest import Manifest, read_manifest, shard_path
 from rgm_ray.store.schema import IMAGE, decode_images
 
 Batch = dict[str, np.ndarray]
@@ -24,7 +24,8 @@ class SampleSet:
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: no such sample-set directory")
         self.manifest: Manifest = read_manifest(self.path)
-        missing = [s.file for s in self.manifest.shards if not (self.path / s.file).is_file()]
+        self._shard_paths = [shard_path(self.path, s.file) for s in self.manifest.shards]  # confined to the set
+        missing = [p.name for p in self._shard_paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{self.path}: shard(s) listed in manifest.json are missing: "
                                     f"{', '.join(missing)}; run 'rgm data verify {self.path}'")
@@ -49,7 +50,7 @@ class SampleSet:
 
     @property
     def shard_paths(self) -> list[Path]:
-        return [self.path / s.file for s in self.manifest.shards]
+        return list(self._shard_paths)
 
     def require_columns(self, *names: str) -> None:
         missing = [n for n in names if n not in self.columns]

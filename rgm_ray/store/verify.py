@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from rgm_ray.store.atomic import sha256_file
-from rgm_ray.store.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from rgm_ray.store.manifest import MANIFEST_NAME, ManifestError, read_manifest, shard_path
 from rgm_ray.store.schema import BASE_FIELDS, IMAGE, SAMPLE_ID, decode_images, table_shape
 
 
@@ -39,7 +39,11 @@ def verify_sample_set(directory: str | Path) -> list[Problem]:
         problems.append(Problem(extra, "Parquet file not listed in manifest.json (stray or extra shard)"))
     seen: dict[int, str] = {}
     for shard in manifest.shards:
-        path = directory / shard.file
+        try:
+            path = shard_path(directory, shard.file)
+        except ManifestError as exc:
+            problems.append(Problem(shard.file, str(exc)))
+            continue
         if not path.is_file():
             problems.append(Problem(shard.file, "listed in manifest.json but missing"))
             continue
