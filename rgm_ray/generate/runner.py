@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from rgm_ray.models.training import CHECKPOINT_DIR
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions, init_ray, worker_count
 from rgm_ray.store import ManifestError, SampleSet, ShardInfo, finish_sample_set, provenance, read_manifest
+from rgm_ray.store.atomic import replace_directory
 from rgm_ray.store.completion import check_not_inside
 from rgm_ray.store.manifest import MANIFEST_NAME
 from rgm_ray.store.schema import BASE_FIELDS
@@ -149,10 +149,9 @@ def is_complete(spec: GenerateSpec) -> bool:
     """``spec.out`` is a finished set drawn with exactly ``spec``'s plan (shard hashes: ``rgm data verify``)."""
     try:
         SampleSet(spec.out)
-        recorded = json.loads((Path(spec.out) / PLAN_FILE).read_text())
-    except (ManifestError, OSError, ValueError):
+    except (ManifestError, OSError):
         return False
-    return recorded == spec.plan().to_dict()
+    return _holds_plan(Path(spec.out), spec.plan())
 
 
 def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOptions(), *,
@@ -180,12 +179,7 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
             shutil.rmtree(target)  # our own staging, from an overwrite with other settings
     result = _fill(checkpoint, target, plan, cluster, spec.batch_size, tracker, command, progress, on_shard_done)
     if target != out:  # the new set is complete: only now does the old one go
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(target, out)
-        shutil.rmtree(old)
+        replace_directory(target, out)
     return dataclasses.replace(result, out=str(out))
 
 

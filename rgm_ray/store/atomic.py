@@ -64,16 +64,22 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished set should be shareable
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(new: Path, path: Path) -> None:
+    """Move the finished directory ``new`` to ``path``; an old ``path`` is moved aside first and only
+    deleted once ``new`` is in place, so at no moment is neither on disk."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
 
 
 def _umask() -> int:

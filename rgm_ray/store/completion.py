@@ -17,13 +17,12 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from rgm_ray.store.atomic import ArtefactExistsError, atomic_write_json, sha256_file
+from rgm_ray.store.atomic import ArtefactExistsError, atomic_write_json, replace_directory, sha256_file
 from rgm_ray.store.manifest import MANIFEST_NAME
 
 COMPLETE_FILE = "_complete.json"
@@ -110,10 +109,7 @@ def stage_output(out: str | Path, stage: str, *, overwrite: bool, known: Iterabl
             yield staging
             if not is_complete(staging, stage):
                 raise RuntimeError(f"{staging}: the {stage} stage ended without marking its output complete")
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(staging, out)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -37,7 +37,8 @@ from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions, autodetect_device
 from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images,
                            make_table, provenance)
-from rgm_ray.store.completion import check_not_inside, completion_problem, mark_complete, stage_output
+from rgm_ray.store import completion
+from rgm_ray.store.completion import check_not_inside, mark_complete, stage_output
 from rgm_ray.tracking import NullTracker, Tracker
 from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
 from rgm_ray.weigh.calibration import DEFAULT_BINS, KEY_ACCURACY, KEY_ECE, fit_temperature
@@ -246,7 +247,7 @@ class WeighResult(StageResult):
 
 def is_complete(out: str | Path) -> bool:
     """All of the stage's artefacts are in ``out`` and unchanged since it finished."""
-    return completion_problem(out, STAGE) is None
+    return completion.is_complete(out, STAGE)
 
 
 def weigh(spec: WeighSpec, cluster: ClusterOptions = SCORING_CLUSTER, *, overwrite: bool = False,
