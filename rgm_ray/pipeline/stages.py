@@ -107,13 +107,16 @@ def _train_complete(name: str) -> Callable[[Context], bool]:
     return check
 
 
+def _finished_training(ctx: Context, name: str, origin: str = "") -> TrainResult:
+    """The result of generator ``name``'s finished run directory, read back from its ``metrics.json``."""
+    out = ctx.path("models", name)
+    metrics = json.loads((out / METRICS_JSON).read_text())
+    return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
+                       checkpoint=str(out / CHECKPOINT_DIR), origin=origin)
+
+
 def _describe_train(name: str) -> Callable[[Context], dict[str, Any]]:
-    def describe(ctx: Context) -> dict[str, Any]:
-        out = ctx.path("models", name)
-        metrics = json.loads((out / METRICS_JSON).read_text())
-        return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
-                           checkpoint=str(out / CHECKPOINT_DIR)).to_dict()
-    return describe
+    return lambda ctx: _finished_training(ctx, name).to_dict()
 
 
 def _describe_resample(name: str) -> Callable[[Context], dict[str, Any]]:
@@ -133,13 +136,12 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             if out.exists():
                 shutil.rmtree(out)  # an unfinished copy
             shutil.copytree(ASSETS / pretrained / name, out)
-            origin = f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
-            metrics = json.loads((out / METRICS_JSON).read_text())
-            tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            result = _finished_training(
+                ctx, name, origin=f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)")
+            tracker.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
             tracker.log_params({"pretrained": pretrained, "family": name})
-            tracker.set_tags({"origin": origin})
-            return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
-                               checkpoint=str(out / CHECKPOINT_DIR), origin=origin)
+            tracker.set_tags({"origin": result.origin})
+            return result
         data = ctx.config("data")
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
                          model=ctx.config(family.preset_section), train=ctx.config(family.train_section),
