@@ -7,11 +7,13 @@ CPU. Ray is started locally when no cluster address is given (inside ``ray job s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +23,7 @@ QUIET_RAY_ENV = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # we draw our own bars
     "RAY_verbose_spill_logs": "0",
 }
+AUTH_TOKEN_FILE = "auth_token"  # in ~/.ray, where a local ray.init with token auth writes it
 
 
 def autodetect_device(prefer: str | None = None) -> "torch.device":
@@ -43,7 +46,13 @@ def set_torch_threads(num_threads: int | None) -> None:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Connect to ``address`` ("auto", "ray://host:10001") or start a local Ray; idempotent."""
+    """Connect to ``address`` ("auto", "ray://host:10001") or start a local Ray; idempotent.
+
+    A local Ray is a new single-machine instance (never a ``ray start`` cluster found on the machine:
+    pass ``address="auto"`` for that) that listens on the loopback interface only, and its
+    ``~/.ray/auth_token`` is readable by the user alone. README "Network exposure" says how to open
+    a cluster up.
+    """
     import ray
 
     if ray.is_initialized():
@@ -52,8 +61,48 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         os.environ.setdefault(key, value)
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-    ray.init(address=address, **kwargs)
+        with _loopback_only(), _private_auth_token():
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the Ray started in the block listen on 127.0.0.1 only.
+
+    On Linux ``ray.init`` replaces a loopback node IP (even an explicit ``_node_ip_address="127.0.0.1"``)
+    by the machine's outward address, and then every server (GCS, raylet, workers, the dashboard
+    agent and its metrics port) listens on all interfaces. Ray binds to loopback where it takes
+    multi-node clusters to be unsupported (``ray_constants.ENABLE_RAY_CLUSTER`` off, as on macOS and
+    Windows), which is what a single-machine Ray is; the flag is read only while the node starts.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def _private_auth_token() -> Iterator[None]:
+    """Keep the token a local ``ray.init`` writes to ``~/.ray/auth_token`` from other users.
+
+    Ray writes it with the process umask (0644: world-readable), and the token lets anyone who can
+    reach the cluster run code on it. A new ``~/.ray`` is made 0700 before Ray writes there, and
+    the token (ours, whenever it was written) is made 0600 after.
+    """
+    token = Path.home() / ".ray" / AUTH_TOKEN_FILE
+    if not token.parent.exists():
+        token.parent.mkdir(mode=0o700, parents=True)
+    try:
+        yield
+    finally:  # also when the start fails after Ray wrote the token
+        if token.is_file() and token.stat().st_uid == os.geteuid() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
 
 
 @dataclass(frozen=True)

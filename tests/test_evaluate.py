@@ -27,7 +27,8 @@ from rgm_ray.evaluate.features import (DOMAIN_FEATURES, DOMAIN_LOGITS, DomainFea
                                        ImageArrayDataset)
 from rgm_ray.evaluate.outputs import top_bottom_rows
 from rgm_ray.evaluate.protocol import REFERENCE, draw_real_subsets, draw_subsets
-from rgm_ray.evaluate.stage import EvaluateResult
+from rgm_ray.evaluate.protocol import EvalConfig
+from rgm_ray.evaluate.stage import EvaluateResult, EvaluateSpec, is_complete
 from rgm_ray.evaluate.weighted_fid import weighted_statistics
 from rgm_ray.weigh.transforms import effective_sample_size, self_normalize
 from rgm_ray.models.checkpoint import load_checkpoint
@@ -343,6 +344,16 @@ def test_cli_end_to_end(domain_ckpt, fm_train, tmp_path, tracking_uri):
     run = mlflow.search_runs(experiment_names=["rgm_ray"]).iloc[0]
     assert run["metrics.plain/fid_mean"] == pytest.approx(rows["plain"]["mean"][KEY_FID])
     assert run["metrics.reference/kid_std"] == pytest.approx(rows[REFERENCE]["std"][KEY_KID])
+
+    # complete for exactly these inputs: another protocol or a re-drawn set must be scored again
+    spec = EvaluateSpec(real="fashion-mnist", out=str(out), domain_checkpoint=str(domain_ckpt),
+                        sets={name: str(tmp_path / name) for name in ("plain", "weighted", "resampled")},
+                        config=EvalConfig(k=100, runs=2, seed=1, uniform_k=True, weighted_fid=True,
+                                          kid_subsets=KID_SUBSETS))
+    assert is_complete(out) and is_complete(out, spec)
+    assert not is_complete(out, dataclasses.replace(spec, config=dataclasses.replace(spec.config, runs=3)))
+    _write_set(tmp_path / "redrawn", fm_train.images[2000:2100], source="test:resampled")
+    assert not is_complete(out, dataclasses.replace(spec, sets={**spec.sets, "resampled": str(tmp_path / "redrawn")}))
 
 
 def test_cli_refuses_bad_sizes_and_missing_inception_weights(tmp_path):

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 
 from rgm_ray.cli.main import main
-from rgm_ray.models import PixelCNNpp, ResNet, VAE, load_checkpoint
+from rgm_ray.models import GAN, PixelCNNpp, ResNet, VAE, load_checkpoint
+from rgm_ray.models.registry import GENERATOR_NAMES
 from rgm_ray.store import SampleSet, verify_sample_set
+from rgm_ray.weigh.variants import weigh_variants
 
 pytestmark = pytest.mark.ray
 
+VARIANTS = [v.name for v in weigh_variants(GENERATOR_NAMES)]  # vae, pixelcnn, gan, gan_discriminator
+METHODS = ("rejection", "mh")  # the tiny preset's pipeline.compare_methods, beside its own sir
+STAGES = ["data", "domain", *(f"{step}_{g}" for step in ("train", "generate") for g in GENERATOR_NAMES),
+          *(f"{step}_{v}" for step in ("weigh", "resample") for v in VARIANTS),
+          *(f"resample_{v}_{m}" for v in VARIANTS for m in METHODS), "evaluate", "evaluate_methods", "ssl", "report"]
 SHRINK = ["--set", "generate.num_samples=128", "--set", "generate.shard_size=32",
           "--set", "evaluate.k=48", "--set", "resample.k=48", "--set", "resample.target_ess=48"]
 
@@ -35,10 +42,9 @@ def run(tmp_path_factory):
 def test_pipeline_succeeds_and_records_every_stage(run):
     assert run["code"] == 0
     state = json.loads((run["out"] / "pipeline.json").read_text())
-    expected = ["data", "domain", "train_vae", "train_pixelcnn", "generate_vae", "generate_pixelcnn",
-                "weigh_vae", "weigh_pixelcnn", "resample_vae", "resample_pixelcnn", "evaluate", "ssl", "report"]
-    assert state["stages"] == expected
-    assert set(state["outputs"]) == set(state["seconds"]) == set(expected)
+    assert VARIANTS == ["vae", "pixelcnn", "gan", "gan_discriminator"]
+    assert state["stages"] == STAGES
+    assert set(state["outputs"]) == set(state["seconds"]) == set(STAGES)
 
 
 def test_data_models_and_samples(run):
@@ -47,7 +53,8 @@ def test_data_models_and_samples(run):
     assert isinstance(load_checkpoint(out / "domain"), ResNet)
     assert isinstance(load_checkpoint(out / "models" / "vae" / "checkpoint"), VAE)
     assert isinstance(load_checkpoint(out / "models" / "pixelcnn" / "checkpoint"), PixelCNNpp)
-    for g in ("vae", "pixelcnn"):
+    assert isinstance(load_checkpoint(out / "models" / "gan" / "checkpoint"), GAN)
+    for g in GENERATOR_NAMES:
         assert (out / "models" / g / "samples.png").stat().st_size > 0
         samples = out / "samples" / g
         assert verify_sample_set(samples) == []
@@ -58,7 +65,7 @@ def test_data_models_and_samples(run):
 
 def test_weights_resamples_and_diagnostics(run):
     out = run["out"]
-    for g in ("vae", "pixelcnn"):
+    for g in VARIANTS:
         weighted = SampleSet(out / "weights" / g / "weighted")
         lw = weighted.read(["log_weight"])["log_weight"]
         assert len(lw) == 128 and np.isfinite(lw).all()
@@ -69,22 +76,30 @@ def test_weights_resamples_and_diagnostics(run):
         ids = resampled.read(["sample_id"])["sample_id"]
         assert len(ids) == 48 == len(np.unique(ids)) and np.isin(ids, np.arange(128)).all()
         assert resampled.manifest.info["resample"]["k"] == 48
+        for method in METHODS:
+            info = SampleSet(out / "resampled" / f"{g}_{method}").manifest.info["resample"]
+            assert info["method"] == method and info["alpha"] == resampled.manifest.info["resample"]["alpha"]
 
 
 def test_evaluation_ssl_and_report_tables(run):
     out = run["out"]
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert [r["name"] for r in metrics["rows"]] == ["reference", "vae_plain", "vae_resampled",
-                                                    "pixelcnn_plain", "pixelcnn_resampled"]
+                                                    "pixelcnn_plain", "pixelcnn_resampled", "gan_plain",
+                                                    "gan_resampled", "gan_discriminator_resampled"]
     assert metrics["extractor"]["kind"] == "domain"
     summary = (out / "ssl" / "summary.csv").read_text()
-    for source in ("vae_plain", "vae_resampled", "pixelcnn_plain", "pixelcnn_resampled", "real", "none"):
+    for source in (*(f"{g}_{kind}" for g in GENERATOR_NAMES for kind in ("plain", "resampled")), "real", "none"):
         assert source in summary
     report = (out / "report.md").read_text()
     for heading in ("Table 6.1", "Table 6.2", "Table 6.3", "Table 6.4"):
         assert heading in report
     assert "| PixelCNN++ |" in report and "| reference |" in report and "| pixelcnn_resampled |" in report
+    assert "| GAN (its discriminator) | gan-discriminator |" in report and "| gan_discriminator_resampled |" in report
     assert "NOT Inception-V3 numbers" in report
+    compared = json.loads((out / "evaluate_methods" / "metrics.json").read_text())
+    assert [r["name"] for r in compared["rows"]][1:] == [f"{v}_{m}" for v in VARIANTS for m in ("sir", *METHODS)]
+    assert "## Resamplers compared" in report and "| GAN (its discriminator) | mh |" in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 10 and "src='models/" not in page
 
@@ -114,7 +129,7 @@ def test_rerun_skips_finished_stages(run, capsys):
     after = {p: p.stat().st_mtime_ns for p in run["out"].rglob("*.parquet")}
     assert before == after  # nothing recomputed or rewritten
     err = capsys.readouterr().err
-    assert "weigh_vae: complete" in err and "evaluate: complete" in err and "[13/13] report ..." in err
+    assert "weigh_vae: complete" in err and "evaluate: complete" in err and f"[{len(STAGES)}/{len(STAGES)}] report ..." in err
 
 
 def test_a_weigh_stage_killed_before_publication_is_redone(run, capsys):
@@ -125,7 +140,7 @@ def test_a_weigh_stage_killed_before_publication_is_redone(run, capsys):
         (out / name).unlink()  # as if killed after writing weighted/
     assert main(["pipeline", "--preset", "tiny", "--out", str(run["out"]), "--no-mlflow", *SHRINK]) == 0
     err = capsys.readouterr().err
-    assert "[7/13] weigh_vae ..." in err and "weigh_pixelcnn: complete" in err
+    assert f"[{STAGES.index('weigh_vae') + 1}/{len(STAGES)}] weigh_vae ..." in err and "weigh_pixelcnn: complete" in err
     assert (out / "_complete.json").is_file() and (out / "weights_summary.json").is_file()
     assert {p.name: p.read_bytes() for p in (out / "weighted").glob("*.parquet")} == weighted  # same weights
     assert "| VAE |" in (run["out"] / "report.md").read_text()

@@ -206,10 +206,10 @@ def test_merger_refuses_to_finish_while_a_shard_may_hide_winners(tmp_path, pool)
 
 @pytest.mark.ray
 @pytest.mark.parametrize("k, options", [
-    (1, {}),
-    (37, {}),
+    (1, {"alpha": 1.0}),
+    (37, {"alpha": 1.0}),
     (200, {"alpha": 0.5, "clip_max": math.exp(2.0), "clip_min": math.exp(-3.0)}),
-    (N - 7, {}),  # the whole support
+    (N - 7, {"alpha": 1.0}),  # the whole support
 ])
 def test_selection_equals_gumbel_top_k_for_two_shardings(ray_local, sets, pool, k, options):
     expected = reference(pool, k, SEED, **options)
@@ -224,7 +224,7 @@ def test_shards_holding_the_heavy_rows_are_requeried(ray_local, sets, pool, monk
     """All the heaviest rows in shard 0: asked for twice its share by row count (70 of 150 rows), it
     holds back winners, so it must be asked again."""
     monkeypatch.setattr(topk_merge, "REQUEST_SLACK", 0)
-    selection = select(sets["by_weight"], ResampleConfig(k=140, seed=SEED))
+    selection = select(sets["by_weight"], ResampleConfig(k=140, seed=SEED, alpha=1.0))
     assert selection.requeried >= 1 and selection.passes == 2
     np.testing.assert_array_equal(selection.ids, reference(pool, 140, SEED))
 
@@ -232,10 +232,10 @@ def test_shards_holding_the_heavy_rows_are_requeried(ray_local, sets, pool, monk
 @pytest.mark.ray
 def test_output_set_holds_the_chosen_rows_in_selection_order(ray_local, sets, pool, tmp_path):
     result = resample_sample_set(ResampleSpec(str(sets["b"]), str(tmp_path / "out"),
-                                              ResampleConfig(k=50, seed=SEED, shard_size=16)))
+                                              ResampleConfig(k=50, seed=SEED, shard_size=16, alpha=1.0)))
     summary = result.to_dict()
     assert is_complete(ResampleSpec(str(sets["b"]), str(tmp_path / "out"), ResampleConfig(k=50, seed=SEED,
-                                                                                           shard_size=16)))
+                                                                                           shard_size=16, alpha=1.0)))
     assert not is_complete(ResampleSpec(str(sets["b"]), str(tmp_path / "out"), ResampleConfig(k=49, seed=SEED)))
     out = SampleSet(tmp_path / "out")
     assert verify_sample_set(out.path) == [] and len(out.shard_paths) == 4
@@ -249,7 +249,7 @@ def test_output_set_holds_the_chosen_rows_in_selection_order(ray_local, sets, po
     recorded = out.manifest.info["resample"]
     assert recorded["k"] == 50 and recorded["unique"] == 50 and recorded["n"] == N
     assert summary["ess_before"] == pytest.approx(effective_sample_size(lw64(pool)), rel=1e-12)
-    assert summary["ess_after"] == summary["ess_before"] and summary["alpha_source"] == "default"
+    assert summary["ess_after"] == summary["ess_before"] and summary["alpha_source"] == "given"
 
 
 @pytest.mark.ray
@@ -283,7 +283,7 @@ def test_with_replacement_counts_follow_the_multinomial(ray_local, tmp_path):
     k, seeds = 300, range(12)
     totals = np.zeros(9)
     for seed in seeds:
-        selection = select(path, ResampleConfig(k=k, seed=seed, replacement=True))
+        selection = select(path, ResampleConfig(k=k, seed=seed, replacement=True, alpha=1.0))
         totals[np.searchsorted(small["ids"], selection.ids)] += selection.copies
     assert totals[8] == 0
     p = np.arange(1, 9) / 36
@@ -334,7 +334,7 @@ def test_alpha_zero_is_uniform_over_the_support(ray_local, sets, pool):
     ("missing", {"k": 5}, "no column.* log_weight"),
     (None, {"k": N + 1}, f"k={N + 1} exceeds the {N} rows"),
     (None, {"k": N - 6}, f"k={N - 6} exceeds the {N - 7} samples with non-zero weight"),
-    (None, {"k": 5, "target_ess": 1e6}, "target_ess=1000000.0 exceeds the 593 samples"),
+    (None, {"k": 5, "target_ess": 598.0}, "target_ess=598.0 exceeds the 593 samples"),  # > N: test_cli_validation
     (None, {"k": 5, "clip_quantile": 0.1, "clip_min": 100.0}, "lower clip .* is above the upper clip"),
 ])
 def test_bad_inputs_fail_clearly_naming_the_set(ray_local, pool, tmp_path, damage, config, message):
@@ -400,7 +400,12 @@ def test_bench_reports_both_parts_and_checks_the_sharded_result(ray_local, tmp_p
     sharded = result["sharded"]
     assert sharded["equals_gumbel_top_k"] and sharded["n"] == 30_000 and sharded["shards"] == 7
     assert sharded["select_seconds"] > 0 and sharded["memory_bytes"]["driver_peak_rss"] > 0
+    assert sharded["input_check_seconds"] > 0  # the set it wrote passes the stage's input check
     assert len(sharded["memory_bytes"]["worker_peak_rss"]) >= 1
     assert result["in_process"]["gumbel_top_k_seconds"] > 0 and result["in_process"]["speedup"] > 0
-    again = bench_resample(2_000, 10, shards=7, n_disk=30_000, seed=1, workdir=tmp_path)
-    assert again["sharded"]["reused"]
+    for method in ("rejection", "mh"):
+        timed = sharded["methods"][method]
+        assert timed["equals_reference"] and timed["select_seconds"] > 0 and 0 < timed["acceptance_rate"] <= 1
+        assert result["in_process"]["methods"][method]["seconds"] > 0
+    again = bench_resample(2_000, 10, shards=7, n_disk=30_000, seed=1, workdir=tmp_path, methods=("sir",))
+    assert again["sharded"]["reused"] and again["sharded"]["methods"] == {}

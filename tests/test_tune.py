@@ -211,3 +211,88 @@ def test_rgm_tune_smoke_one_mlflow_run_per_trial(ray_local, tmp_path, tracking_u
 
     assert cli_main(argv) == 2  # a finished sweep is not overwritten silently
     assert "--overwrite" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- data shared by the trials
+
+
+def test_sweep_data_keeps_image_strides_through_pickling(fmnist_test) -> None:
+    """The object store pickles; a size-1 axis's stride decides whether torch takes a batch for
+    channels-last (and so how a convolution rounds), so it must survive the trip."""
+    import pickle
+
+    from rgm_ray.ssl.sources import pool_from_images
+    from rgm_ray.tune.sweep import SweepData
+
+    images = fmnist_test.images  # [N, 1, 28, 28] with stride 0 on the channel axis, as load_dataset makes it
+    assert pickle.loads(pickle.dumps(images)).strides != images.strides  # plain pickling loses it
+    data = SweepData(fmnist_test, fmnist_test, {"plain": pool_from_images(images[:8].copy())})
+    back = pickle.loads(pickle.dumps(data, protocol=5))
+    for before, after in ((data.train, back.train), (data.test, back.test), (data.pools["plain"], back.pools["plain"])):
+        assert after.images.strides == before.images.strides and np.array_equal(after.images, before.images)
+    assert np.array_equal(back.train.labels, fmnist_test.labels) and list(back.pools) == ["plain"]
+
+
+@pytest.mark.ray
+def test_sweep_reads_each_source_once_and_matches_per_run_loading(ray_local, tmp_path, fmnist_test,
+                                                                 monkeypatch) -> None:
+    """The driver reads the real splits and the sample set once; the trials (the second in a reused
+    actor) get them from the object store, and train exactly as runs reading their own data do."""
+    import shutil
+
+    import rgm_ray.tune.sweep as sweep
+    from rgm_ray.ssl.stage import run_ssl
+
+    plain = tmp_path / "plain"
+    with SampleSetWriter(plain, source="test:generated") as writer:
+        writer.write(make_table(np.arange(64), fmnist_test.images[:64], None, source="test:generated"))
+    config = load_sweep_config(SMOKE, [f"sources.plain={plain}", "grid.source=[real, plain]", "grid.seed=[1]",
+                                       "grid.sl_weight=[0.5]", "grid.labels=[20]", "train.steps_per_epoch=3",
+                                       "train.train_subset=600", "train.val_size=60", "train.test_subset=100",
+                                       "max_concurrent_trials=1", "name=once"])
+    expected = {sweep.trial_name(cell): run_ssl(config.dataset, config.sources[cell["source"]],
+                                                config.ssl_config(cell))["history"] for cell in config.cells()}
+    reads = {"dataset": 0, "sample_set": 0}
+
+    def counted(key, fn):
+        def wrapper(*args, **kwargs):
+            reads[key] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def read_then_delete(cfg):
+        inputs = read_inputs(cfg)
+        shutil.rmtree(plain)  # a trial reading the set itself would now fail
+        return inputs
+
+    read_inputs = sweep.read_inputs
+    monkeypatch.setattr(sweep, "load_dataset", counted("dataset", sweep.load_dataset))
+    monkeypatch.setattr(sweep, "load_sample_set_pool", counted("sample_set", sweep.load_sample_set_pool))
+    monkeypatch.setattr(sweep, "read_inputs", read_then_delete)
+    result = sweep.run_sweep(config, out=tmp_path / "sweep", track=False)
+    assert reads == {"dataset": 2, "sample_set": 1}  # train + test splits, one set
+    assert result.metrics["completed"] == 2
+    for name, history in expected.items():
+        metrics = json.loads((Path(result.ray_results) / name / "metrics.json").read_text())
+        assert metrics["history"] == json.loads(json.dumps(history)), name  # bit for bit
+    assert len({json.loads((Path(result.ray_results) / n / "result.json").read_text().splitlines()[0])["pid"]
+                for n in expected}) == 1  # the second trial ran in the first one's actor
+
+
+def test_bench_ssl_cli_parses_and_checks_its_source() -> None:
+    import argparse
+
+    from rgm_ray.bench.ssl import bench_ssl
+    from rgm_ray.cli import cmd_bench
+
+    parser = argparse.ArgumentParser()
+    cmd_bench.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "ssl", "--steps", "5", "--source", "plain", "--no-mlflow",
+                              "--set", "sources.plain=DIR"])
+    assert (args.handler, args.steps, args.source, args.no_mlflow, args.overrides) == (
+        cmd_bench.run_bench_ssl, 5, "plain", True, ["sources.plain=DIR"])
+    assert Path(parser.parse_args(["bench", "ssl"]).config).name == "ssl_demo.yaml"
+    with pytest.raises(ConfigError, match="'nope' is not a name in 'sources'"):
+        bench_ssl(SMOKE, source="nope")
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        bench_ssl(SMOKE, steps=1)

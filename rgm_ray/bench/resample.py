@@ -5,7 +5,14 @@ same log-weights (normalising them into ``p`` is counted in NumPy's time; both a
 ``REPEATS``). Part 2 (on disk): N log-weights in Parquet shards (a real sample set whose images are a
 single byte, so disk holds mostly ids and weights), selected by ``resample.selection.select`` on local
 Ray, with the time to merely read the ``log_weight`` column (and ``sample_id`` + ``log_weight``, what
-the selection reads) through the same tasks beside it.
+the selection reads) through the same tasks beside it, and the time of the resample stage's input check
+(every shard hashed and checked, one task per shard).
+
+Both parts also time the other methods on the same weights (``methods``): rejection sampling
+(``rejection_sample``; on disk ``--method rejection``) and independence Metropolis–Hastings
+(``mh_resample``; on disk ``--method mh``, a chain of k states), each checked against its
+single-process reference up to 1e7 rows. α is fixed at 1 everywhere, so the numbers time the draws;
+the stage's default α adds one pass reading only ``log_weight`` when the weights already have ESS ≥ k.
 
 The machine may be shared, so beside each wall time the CPU time used by the driver, its Ray workers
 and Ray's daemons is reported, divided by the core count: the wall time the run would take if it
@@ -26,10 +33,11 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from rgm_ray.resample import gumbel_top_k
-from rgm_ray.resample.config import ResampleConfig
+from rgm_ray.resample import gumbel_top_k, mh_resample, rejection_log_bound, rejection_sample
+from rgm_ray.resample.config import METHODS, ResampleConfig
 from rgm_ray.resample.selection import select
 from rgm_ray.resample.shard_pool import ShardRunner
+from rgm_ray.resample.stage import check_input
 from rgm_ray.runtime import init_ray
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store import LOG_WEIGHT, SAMPLE_ID, SampleSet, finish_sample_set, make_table, write_shard
@@ -41,6 +49,7 @@ DEFAULT_SHARDS = 1000
 REPEATS = 3
 TARGET_SPEEDUP = 5.0
 TARGET_SELECT_SECONDS = 10.0
+TARGET_METHOD_SECONDS = 15.0  # rejection and mh (issue 16), N = 1e8 in 1000 shards on 2 cores
 TARGET_PEAK_RSS_BYTES = 2 * 1024**3
 LOG_WEIGHT_SCALE = 1.0  # log-weights ~ Normal(0, 1): moderately skewed weights
 POLL_SECONDS = 0.05  # reading statm costs ~20 µs a process
@@ -50,18 +59,24 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def bench_resample(n: int = 10_000_000, k: int = 1_000_000, *, shards: int | None = None,
-                   n_disk: int | None = None, seed: int = 0, workdir: str | Path | None = None) -> dict[str, Any]:
+                   n_disk: int | None = None, seed: int = 0, workdir: str | Path | None = None,
+                   methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     """Both parts as one JSON-able dict. ``n_disk`` defaults to 1e8 in ``shards`` (default 1000)
     shards; ``n_disk=0`` skips the on-disk part. The sharded part runs first so the in-process
-    arrays do not inflate the driver's peak RSS."""
+    arrays do not inflate the driver's peak RSS. SIR's numbers are at the top of each part, the
+    other ``methods``' under ``"methods"``."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown resample method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     n_disk = DEFAULT_N_DISK if n_disk is None else n_disk
     shards = DEFAULT_SHARDS if shards is None else shards
     result: dict[str, Any] = {"load_average_start": list(os.getloadavg()), "cpus": os.cpu_count(),
                               "log_weights": f"normal(0, {LOG_WEIGHT_SCALE:g})"}
     if n_disk:
         workdir = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "rgm_bench_resample"
-        result["sharded"] = bench_sharded(n_disk, shards, min(k, n_disk), seed=seed, workdir=workdir)
-    result["in_process"] = bench_in_process(n, k, seed=seed)
+        result["sharded"] = bench_sharded(n_disk, shards, min(k, n_disk), seed=seed, workdir=workdir,
+                                          methods=methods)
+    result["in_process"] = bench_in_process(n, k, seed=seed, methods=methods)
     result["load_average_end"] = list(os.getloadavg())
     return result
 
@@ -69,26 +84,38 @@ def bench_resample(n: int = 10_000_000, k: int = 1_000_000, *, shards: int | Non
 # --- part 1 -----------------------------------------------------------------------------------
 
 
-def _best_of(fn, repeats: int) -> tuple[float, list[float]]:
+def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
+    """``(best time, all times, the last result)``."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - started)
-    return min(times), times
+    return min(times), times, result
 
 
-def bench_in_process(n: int, k: int, *, seed: int = 0, repeats: int = REPEATS) -> dict[str, Any]:
+def bench_in_process(n: int, k: int, *, seed: int = 0, repeats: int = REPEATS,
+                     methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     lw = numpy_rng(seed, 0).normal(scale=LOG_WEIGHT_SCALE, size=n)
     ids = np.arange(n, dtype=np.int64)
     gumbel_top_k(lw[:1000], ids[:1000], 10, seed)  # warm-up: imports and first-call costs
-    gumbel_best, gumbel_all = _best_of(lambda: gumbel_top_k(lw, ids, k, seed), repeats)
-    numpy_best, numpy_all = _best_of(
+    gumbel_best, gumbel_all, _ = _best_of(lambda: gumbel_top_k(lw, ids, k, seed), repeats)
+    numpy_best, numpy_all, _ = _best_of(
         lambda: numpy_rng(seed, 1).choice(n, size=k, replace=False, p=self_normalize(lw)), repeats)
-    return {"n": n, "k": k, "gumbel_top_k_seconds": gumbel_best, "numpy_choice_seconds": numpy_best,
-            "speedup": numpy_best / gumbel_best, "target_speedup": TARGET_SPEEDUP,
-            "meets_target": numpy_best / gumbel_best >= TARGET_SPEEDUP,
-            "gumbel_top_k_all_seconds": gumbel_all, "numpy_choice_all_seconds": numpy_all}
+    result = {"n": n, "k": k, "gumbel_top_k_seconds": gumbel_best, "numpy_choice_seconds": numpy_best,
+              "speedup": numpy_best / gumbel_best, "target_speedup": TARGET_SPEEDUP,
+              "meets_target": numpy_best / gumbel_best >= TARGET_SPEEDUP,
+              "gumbel_top_k_all_seconds": gumbel_all, "numpy_choice_all_seconds": numpy_all, "methods": {}}
+    if "rejection" in methods:
+        best, _, (accepted, counts) = _best_of(
+            lambda: rejection_sample(lw, ids, k, seed, rejection_log_bound(lw)), repeats)
+        result["methods"]["rejection"] = {"seconds": best, "rows": int(accepted.size), "accepted": counts.accepted,
+                                          "proposals_per_accepted": n / counts.expected}
+    if "mh" in methods and k <= n:
+        best, _, (state_ids, _, chain) = _best_of(lambda: mh_resample(lw, ids, k, seed), repeats)
+        result["methods"]["mh"] = {"seconds": best, "chain_length": k, "distinct_states": int(state_ids.size),
+                                   "acceptance_rate": chain.acceptance_rate}
+    return result
 
 
 # --- part 2 -----------------------------------------------------------------------------------
@@ -284,7 +311,32 @@ def _watched(run: Callable[[], Any]) -> tuple[Any, float, ProcessWatcher]:
     return result, wall, watcher
 
 
-def bench_sharded(n: int, shards: int, k: int, *, seed: int, workdir: Path) -> dict[str, Any]:
+def _bench_select(samples: SampleSet, config: ResampleConfig, target_seconds: float) -> tuple[Any, dict[str, Any]]:
+    """``(selection, its time, CPU, memory and targets)`` of one ``select`` on the set."""
+    selection, seconds, watcher = _watched(lambda: select(samples, config))
+    memory = watcher.memory_report()
+    return selection, {
+        "select_seconds": seconds, **watcher.cpu_report(), "passes": selection.passes,
+        "requeried_shards": selection.requeried, "candidates_sent": selection.candidates,
+        "ess": selection.transformed.ess, "memory_bytes": memory,
+        "target_select_seconds": target_seconds, "target_peak_rss_bytes": TARGET_PEAK_RSS_BYTES,
+        "meets_time_target": seconds <= target_seconds,
+        "meets_memory_target_rss": memory["sampled_peak_rss_sum"] <= TARGET_PEAK_RSS_BYTES,
+        "meets_memory_target_pss": memory["peak_pss_sum_bound"] <= TARGET_PEAK_RSS_BYTES}
+
+
+def _equals_reference(selection: Any, method: str, lw: np.ndarray, ids: np.ndarray, k: int, seed: int) -> bool:
+    """The sharded selection is the single-process function's on all rows (α = 1)."""
+    if method == "sir":
+        return bool(np.array_equal(selection.ids, gumbel_top_k(lw, ids, k, seed)))
+    if method == "rejection":
+        return bool(np.array_equal(selection.ids, rejection_sample(lw, ids, k, seed, rejection_log_bound(lw))[0]))
+    state_ids, copies, _ = mh_resample(lw, ids, k, seed)
+    return bool(np.array_equal(selection.ids, state_ids) and np.array_equal(selection.copies, copies))
+
+
+def bench_sharded(n: int, shards: int, k: int, *, seed: int, workdir: Path,
+                  methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     path = workdir / f"weights_n{n}_s{shards}_seed{seed}"
     written = write_weight_set(path, n, shards, seed)
     samples = SampleSet(path)
@@ -300,22 +352,26 @@ def bench_sharded(n: int, shards: int, k: int, *, seed: int, workdir: Path) -> d
         _, wall, watcher = _watched(lambda: runner.map(read_columns, lambda s: (columns,), desc="bench"))
         reads[f"read_{name}_seconds"] = wall
         reads[f"read_{name}_seconds_if_cores_were_ours"] = watcher.cpu_report()["wall_seconds_if_cores_were_ours"]
-    selection, select_seconds, watcher = _watched(lambda: select(samples, ResampleConfig(k=k, seed=seed)))
-    memory = watcher.memory_report()
-    result = {
-        "n": n, "shards": shards, "k": k, "dataset": str(path),
-        "dataset_bytes": sum(p.stat().st_size for p in samples.shard_paths), **written,
-        "ray_start_seconds": ray_start, "worker_warmup_seconds": warmup,
-        "select_seconds": select_seconds, **watcher.cpu_report(), **reads,
-        "passes": selection.passes, "requeried_shards": selection.requeried,
-        "candidates_sent": selection.candidates, "ess": selection.transformed.ess, "memory_bytes": memory,
-        "target_select_seconds": TARGET_SELECT_SECONDS, "target_peak_rss_bytes": TARGET_PEAK_RSS_BYTES,
-        "meets_time_target": select_seconds <= TARGET_SELECT_SECONDS,
-        "meets_memory_target_rss": memory["sampled_peak_rss_sum"] <= TARGET_PEAK_RSS_BYTES,
-        "meets_memory_target_pss": memory["peak_pss_sum_bound"] <= TARGET_PEAK_RSS_BYTES,
-    }
+    _, reads["input_check_seconds"], _ = _watched(lambda: check_input(samples, runner))  # the stage's hashing pass
+    result = {"n": n, "shards": shards, "k": k, "dataset": str(path),
+              "dataset_bytes": sum(p.stat().st_size for p in samples.shard_paths), **written,
+              "ray_start_seconds": ray_start, "worker_warmup_seconds": warmup, **reads, "methods": {}}
+    selections = {}
+    for method in methods:
+        selection, report = _bench_select(samples, ResampleConfig(k=k, seed=seed, alpha=1.0, method=method),
+                                          TARGET_SELECT_SECONDS if method == "sir" else TARGET_METHOD_SECONDS)
+        selections[method] = selection
+        if method == "sir":
+            result.update(report)
+        else:
+            result["methods"][method] = {**report, "rows": int(selection.ids.size), **selection.facts}
     if n <= 10_000_000:  # small enough to check against the single-process reference
         data = samples.read([SAMPLE_ID, LOG_WEIGHT])
-        result["equals_gumbel_top_k"] = bool(np.array_equal(
-            selection.ids, gumbel_top_k(data[LOG_WEIGHT].astype(np.float64), data[SAMPLE_ID], k, seed)))
+        lw, ids = data[LOG_WEIGHT].astype(np.float64), data[SAMPLE_ID]
+        for method, selection in selections.items():
+            equal = _equals_reference(selection, method, lw, ids, k, seed)
+            if method == "sir":
+                result["equals_gumbel_top_k"] = equal
+            else:
+                result["methods"][method]["equals_reference"] = equal
     return result

@@ -1,4 +1,4 @@
-"""``rgm bench {sampler,generate,resample}``: speed measurements, printed as JSON.
+"""``rgm bench {sampler,generate,resample,ssl}``: speed measurements, printed as JSON.
 
 Speed targets live here, never in timed unit tests.
 """
@@ -11,7 +11,8 @@ import warnings
 from typing import Any
 
 from rgm_ray.models.registry import GENERATOR_NAMES, parse_generator_name
-from rgm_ray.pipeline.presets import PRESETS
+from rgm_ray.pipeline.presets import PRESETS, TUNE_CONFIGS
+from rgm_ray.resample.config import METHODS
 
 
 def _ints(text: str) -> list[int]:
@@ -22,6 +23,13 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods or not set(methods) <= set(METHODS):
+        raise argparse.ArgumentTypeError(f"expected comma-separated methods from {','.join(METHODS)}, got {text!r}")
+    return methods
 
 
 def _generator_name(text: str) -> str:
@@ -39,7 +47,7 @@ def _generator_name(text: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
-    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{sampler,generate,resample}")
+    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{sampler,generate,resample,ssl}")
 
     sam = bench.add_parser("sampler", help="naive vs cached PixelCNN++ sampling speed per batch size")
     sam.add_argument("--preset", default="paper", choices=tuple(PRESETS),
@@ -63,14 +71,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts to compare (default 1,2)")
     gen.set_defaults(handler=run_bench_generate, json=True)
 
-    res = bench.add_parser("resample", help="gumbel_top_k vs NumPy choice; sharded on-disk selection")
+    res = bench.add_parser("resample", help="gumbel_top_k vs NumPy choice; sharded on-disk selection; "
+                           "rejection and mh beside them")
     res.add_argument("--n", type=int, default=10_000_000, help="in-process log-weights")
     res.add_argument("--k", type=int, default=1_000_000)
     res.add_argument("--shards", type=int, default=1000, help="on-disk shards")
     res.add_argument("--n-disk", type=int, default=100_000_000, help="on-disk log-weights (0 skips)")
     res.add_argument("--seed", type=int, default=0)
     res.add_argument("--workdir", default=None, help="keep/reuse the on-disk data here")
+    res.add_argument("--methods", type=_methods, default=METHODS,
+                     help=f"comma-separated resample methods to time (default: {','.join(METHODS)})")
     res.set_defaults(handler=run_bench_resample, json=True)
+
+    ssl = bench.add_parser("ssl", help="a sweep trial's fixed costs (start-up, data, evaluation) and per-step time")
+    ssl.add_argument("--config", default=str(TUNE_CONFIGS / "ssl_demo.yaml"),
+                     help="sweep config whose training settings are used (default: the demo's)")
+    ssl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a config value, e.g. --set sources.plain=DIR (repeatable)")
+    ssl.add_argument("--source", default="real", help="unlabelled source: a name in the config's sources")
+    ssl.add_argument("--steps", type=int, default=30, help="training steps timed (one epoch; default 30)")
+    ssl.add_argument("--no-mlflow", action="store_true", help="leave out the trial's MLflow run")
+    ssl.set_defaults(handler=run_bench_ssl, json=True)
 
 
 def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +106,13 @@ def run_bench_resample(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.resample import bench_resample
 
     return bench_resample(args.n, args.k, shards=args.shards, n_disk=args.n_disk, seed=args.seed,
-                          workdir=args.workdir)
+                          workdir=args.workdir, methods=args.methods)
+
+
+def run_bench_ssl(args: argparse.Namespace) -> dict[str, Any]:
+    from rgm_ray.bench.ssl import bench_ssl
+
+    return bench_ssl(args.config, args.overrides, source=args.source, steps=args.steps, track=not args.no_mlflow)
 
 
 def run_bench_sampler(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from rgm_ray.cli.common import UserError, add_common, command_line, emit_summary, progress, tracked_run
+from rgm_ray.cli.common import (UserError, add_common, command_line, emit_summary, output_dir, progress,
+                                tracked_run)
 from rgm_ray.data import DATASET_NAMES, load_dataset
 from rgm_ray.store import ImportResult, ImportSpec, export_dataset, import_samples, verify_sample_set
 from rgm_ray.store.export import DEFAULT_SHARD_SIZE
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES)
     export.add_argument("--split", default="train", choices=("train", "test"))
     export.add_argument("--root", default=None, help="directory holding the dataset files")
-    export.add_argument("--out", required=True, help="output sample-set directory")
+    export.add_argument("--out", required=True, type=output_dir, help="output sample-set directory")
     export.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     export.add_argument("--overwrite", action="store_true", help="replace an existing set at --out")
     add_common(export)
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every image must have one shape and mode unless --resize/--grayscale converts all of them. The "
         "source path, its SHA-256 and any conversion go in the manifest's info['import'].")
     imported.add_argument("source", help="a folder of PNG/JPEG files, a .npy/.npz array or a .parquet file")
-    imported.add_argument("--out", required=True, help="output sample-set directory")
+    imported.add_argument("--out", required=True, type=output_dir, help="output sample-set directory")
     imported.add_argument("--layout", choices=tuple(LAYOUT_CHANNEL_AXIS), default=None,
                           help="arrays: axis order (default: detected from the channel axis of size 1 or 3)")
     imported.add_argument("--array", default=None, metavar="NAME", help=".npz: the array to import "
@@ -101,5 +102,8 @@ def run_verify(args: argparse.Namespace) -> dict[str, Any]:
         summary = {"ok": False, "problems": [str(p) for p in problems]}
         if args.json:
             emit_summary(args, summary)
-        raise UserError(f"{args.directory}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+        if len(problems) == 1:  # one line, naming the set unless the problem is the directory itself
+            only = problems[0]
+            raise UserError(str(only) if Path(only.file) == Path(args.directory) else f"{args.directory}: {only}")
+        raise UserError(f"{args.directory}: {len(problems)} problems\n" + "\n".join(f"  {p}" for p in problems))
     return {"ok": True, "directory": args.directory, "message": f"{args.directory}: OK"}

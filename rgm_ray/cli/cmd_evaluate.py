@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rgm_ray.cli.common import add_common, progress, progress_bar, tracked_run
+from rgm_ray.cli.common import add_common, output_dir, positive_int, progress, progress_bar, tracked_run
 from rgm_ray.data import DATASET_NAMES
 from rgm_ray.evaluate.features import EXTRACTOR_KINDS
 from rgm_ray.evaluate.inputs import parse_set_argument
@@ -45,10 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS,
                    help=f"KID subsets per run (torch-fidelity's default: {KID_SUBSETS}); each has min(1000, k) images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, type=output_dir, help="output directory")
     p.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch size")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     add_common(p)
     p.set_defaults(handler=run_evaluate)
 

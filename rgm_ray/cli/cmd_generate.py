@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from rgm_ray.cli.common import (add_cluster_args, add_common, cluster_options, command_line, progress_bar,
-                                tracked_run)
+from rgm_ray.cli.common import (add_cluster_args, add_common, cluster_options, command_line, output_dir,
+                                progress_bar, tracked_run)
 from rgm_ray.generate import GenerateResult, GenerateSpec, generate_sample_set
 from rgm_ray.generate.plugins import parse_generator_args
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="a keyword argument of the plugin's factory, VALUE read as YAML (repeatable)")
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, type=output_dir)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default=None,
                         help="pixelcnn: cached (default) | naive; vae: mean (default) | sample")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.cli.common import add_cluster_args, add_preset_args, cluster_options
+from rgm_ray.cli.common import add_cluster_args, add_preset_args, cluster_options, output_dir
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.presets import load_preset
 from rgm_ray.pipeline.runner import run_pipeline
@@ -15,7 +15,7 @@ from rgm_ray.tracking import default_tracking_uri
 
 def _add_pipeline_args(parser: argparse.ArgumentParser, *, preset: str, out: str) -> None:
     add_preset_args(parser, default=preset)
-    parser.add_argument("--out", default=out, help=f"run directory (default: {out})")
+    parser.add_argument("--out", default=out, type=output_dir, help=f"run directory (default: {out})")
     parser.add_argument("--retrain", action="store_true",
                         help="train the generators instead of using the preset's committed checkpoints")
     parser.add_argument("--until", default=None, help="stop after this stage")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rgm_ray.cli.common import add_common, progress_bar, tracked_run
+from rgm_ray.cli.common import add_common, output_dir, positive_int, progress_bar, tracked_run, value_type
 from rgm_ray.data import DATASET_NAMES
 from rgm_ray.runtime import autodetect_device, set_torch_threads
 from rgm_ray.ssl.sources import SOURCE_SYNTAX, parse_source
@@ -23,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "split is evaluated once at the end.")
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion-mnist")
     parser.add_argument("--root", default=None, help="dataset root (default: the system path)")
-    parser.add_argument("--labels", default=ALL_LABELS, type=parse_labels, metavar="N|all",
+    parser.add_argument("--labels", default=ALL_LABELS, type=value_type(parse_labels), metavar="N|all",
                         help="size of the class-balanced labelled subset (default: all)")
-    parser.add_argument("--unlabeled", default="none", type=parse_source, metavar="SRC",
+    parser.add_argument("--unlabeled", default="none", type=value_type(parse_source), metavar="SRC",
                         help=f"unlabelled images: {SOURCE_SYNTAX} (DIR honours 'copies'; weighted:DIR weighs "
                              "each image's SL term by its self-normalised importance weight) (default: none)")
     parser.add_argument("--unlabeled-name", default=None, help="label of the source in reports (default: derived)")
@@ -46,10 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight-alpha", type=float, default=DEFAULTS.weight_alpha,
                         help="flatten importance weights to w^alpha for weighted:DIR (default: 1)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--out", required=True, help="run directory (metrics.json)")
+    parser.add_argument("--out", required=True, type=output_dir, help="run directory (metrics.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json in --out")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     add_common(parser)
     parser.set_defaults(handler=run)
 

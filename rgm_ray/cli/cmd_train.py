@@ -7,12 +7,14 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from rgm_ray.cli.common import UserError, add_common, add_preset_args, progress_bar, tracked_run
+from rgm_ray.cli.common import (UserError, add_common, add_preset_args, output_dir, positive_int, progress_bar,
+                                tracked_run)
 from rgm_ray.data import DATASET_NAMES
 from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
 from rgm_ray.pipeline.presets import load_preset, section
 from rgm_ray.runtime import autodetect_device, set_torch_threads
+from rgm_ray.store.lock import output_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("model", choices=GENERATOR_NAMES)
     parser.add_argument("--dataset", choices=DATASET_NAMES, default=None, help="(default: the preset's)")
     parser.add_argument("--root", default=None, help="dataset root (default: the preset's / system path)")
-    parser.add_argument("--out", required=True, help="run directory (checkpoint/, samples.png, metrics.json)")
+    parser.add_argument("--out", required=True, type=output_dir,
+                        help="run directory (checkpoint/, samples.png, metrics.json)")
     add_preset_args(parser)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int)
@@ -28,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     add_common(parser)
     parser.set_defaults(handler=run_train)
@@ -48,18 +51,19 @@ def run_train(args: argparse.Namespace) -> TrainResult:
     preset = load_preset(args.preset, overrides)
     data = section(preset, "data")
     out = Path(args.out)
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    set_torch_threads(args.threads)
-    device = autodetect_device(args.device)
-    spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
-                     model=section(preset, family.preset_section), train=section(preset, family.train_section),
-                     preset=args.preset)
-    params = {"model": family.name, "dataset": spec.dataset, "preset": args.preset,
-              "model_config": spec.model.to_dict(), "train_config": asdict(spec.train), "device": str(device),
-              "out": str(out)}
-    with tracked_run(args, f"train-{family.name}", params) as tracker:
-        try:
-            return train_generator(spec, tracker=tracker, device=device, progress=progress_bar)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+    with output_lock(out):  # from the --overwrite removal to the end of training
+        if args.overwrite and out.exists():
+            shutil.rmtree(out)
+        set_torch_threads(args.threads)
+        device = autodetect_device(args.device)
+        spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
+                         model=section(preset, family.preset_section), train=section(preset, family.train_section),
+                         preset=args.preset)
+        params = {"model": family.name, "dataset": spec.dataset, "preset": args.preset,
+                  "model_config": spec.model.to_dict(), "train_config": asdict(spec.train), "device": str(device),
+                  "out": str(out)}
+        with tracked_run(args, f"train-{family.name}", params) as tracker:
+            try:
+                return train_generator(spec, tracker=tracker, device=device, progress=progress_bar)
+            except ValueError as exc:
+                raise UserError(str(exc)) from exc

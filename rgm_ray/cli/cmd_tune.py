@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rgm_ray.cli.common import UserError, add_common
+from rgm_ray.cli.common import UserError, add_common, output_dir
 from rgm_ray.tune.config import load_sweep_config
 
 
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (YAML), e.g. --set sources.plain=DIR --set grid.seed=[0,1] "
                              "(repeatable)")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's out, or runs/tune/NAME)")
+    parser.add_argument("--out", default=None, type=output_dir,
+                        help="output directory (default: the config's out, or runs/tune/NAME)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray or $RAY_ADDRESS)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished sweep in --out")
     parser.add_argument("--check", action="store_true", help="validate the config, print the trials and exit")

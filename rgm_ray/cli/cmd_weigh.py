@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from rgm_ray.cli.common import add_cluster_args, add_common, cluster_options, command_line, progress_bar, tracked_run
+from rgm_ray.cli.common import (add_cluster_args, add_common, cluster_options, command_line, output_dir,
+                                progress_bar, tracked_run)
 from rgm_ray.weigh.backbones import BACKBONES
 from rgm_ray.weigh.classifier import HeadConfig
 from rgm_ray.weigh.scoring import ScoringOptions
@@ -26,12 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--baseline", choices=BASELINES,
                         help="sanity baseline: weigh uniform-noise images against the real data")
     parser.add_argument("--num-noise", type=int, default=10000, help="images in the noise baseline")
-    parser.add_argument("--out", required=True, help="output directory (weighted/ + diagnostics)")
+    parser.add_argument("--out", required=True, type=output_dir, help="output directory (weighted/ + diagnostics)")
     parser.add_argument("--root", default=None, help="dataset root when --real is a dataset name")
     parser.add_argument("--backbone", choices=BACKBONES, default="domain")
     parser.add_argument("--domain-checkpoint", default=None,
                         help="domain ResNet checkpoint (default: train a quick one into OUT/domain/)")
     parser.add_argument("--inception-weights", default=None, help="torch-fidelity Inception-V3 weights file")
+    parser.add_argument("--checkpoint", default=None,
+                        help="GAN checkpoint directory whose discriminator scores (--backbone gan-discriminator: "
+                        "log_weight = its logit / the fitted temperature; no classifier is trained)")
     parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds K (default 2)")
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="temperature")
     parser.add_argument("--calibration-fraction", type=float, default=0.2,
@@ -56,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_weigh(args: argparse.Namespace) -> WeighResult:
     head = HeadConfig(hidden=args.hidden, epochs=args.epochs, lr=args.lr)
     config = WeighConfig(backbone=args.backbone, domain_checkpoint=args.domain_checkpoint,
-                         inception_weights=args.inception_weights, folds=args.folds, calibration=args.calibration,
+                         inception_weights=args.inception_weights, gan_checkpoint=args.checkpoint,
+                         folds=args.folds, calibration=args.calibration,
                          calibration_fraction=args.calibration_fraction, max_per_class=args.max_per_class,
                          head=head, seed=args.seed)
     spec = WeighSpec(real=args.real, out=args.out, samples=args.samples, baseline=args.baseline,

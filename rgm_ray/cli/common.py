@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
@@ -21,6 +23,39 @@ Handler = Callable[[argparse.Namespace], "dict[str, Any] | StageResult"]
 
 class UserError(Exception):
     """A problem the user can fix (bad input, missing file): printed without a traceback."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of threads, workers, ...), refused at parse time otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def output_dir(text: str) -> str:
+    """An argparse type for a flag naming a directory to write: refused at parse time, before anything is
+    written, when it or its nearest existing parent is not a directory."""
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is" if existing == path else f"lies under {existing}, which is"
+        raise argparse.ArgumentTypeError(f"{text} {where} a file, not a directory")
+    return text
+
+
+def value_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser raising ValueError, whose message argparse would otherwise drop."""
+    @functools.wraps(parse)
+    def checked(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return checked
 
 
 def add_common(parser: argparse.ArgumentParser, *, tracked: bool = True) -> None:

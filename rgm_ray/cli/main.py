@@ -5,23 +5,34 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from typing import NoReturn
 
 from rgm_ray import __version__
 from rgm_ray.cli import cmd_bench, cmd_data, cmd_evaluate, cmd_generate, cmd_pipeline, cmd_report, cmd_resample, cmd_ssl, cmd_train, cmd_tune, cmd_weigh
 from rgm_ray.cli.common import UserError, emit_summary
 from rgm_ray.data import DatasetNotFoundError
 from rgm_ray.store import ArtefactExistsError, ManifestError
+from rgm_ray.store.lock import OutputLockedError
 
 COMMANDS = (cmd_data, cmd_train, cmd_generate, cmd_weigh, cmd_resample, cmd_evaluate, cmd_ssl, cmd_tune, cmd_pipeline, cmd_report, cmd_bench)
 # Failures a user can fix: one clear line, no traceback, exit code 2.
-USER_ERRORS = (UserError, DatasetNotFoundError, ArtefactExistsError, ManifestError, FileNotFoundError,
-               ValueError)
+USER_ERRORS = (UserError, DatasetNotFoundError, ArtefactExistsError, ManifestError, OutputLockedError,
+               FileNotFoundError, ValueError)
 # Storage failures the user can fix (full disk, quota, read-only or forbidden target): one line too.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line like every other user error (no usage block), exit code 2.
+
+    Subcommand parsers are built with the same class, so the line names the subcommand."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rgm", description="Resampling generative models with likelihood-free importance "
         "weights, distributed with Ray and tracked in MLflow.")
     parser.add_argument("--version", action="version", version=f"rgm_ray {__version__}")

@@ -18,8 +18,9 @@ def parse_set_argument(text: str) -> tuple[str, Path]:
 
 
 def load_sample_set(name: str, directory: str | Path) -> EvalSet:
-    """Images plus the optional ``log_weight`` and ``copies`` columns of the sample set at ``directory``."""
-    sample_set = SampleSet(directory)
+    """Images plus the optional ``log_weight`` and ``copies`` columns of the sample set at ``directory``
+    (checked first: hashes, columns, image sizes, ids)."""
+    sample_set = SampleSet(directory).check((IMAGE,))
     columns = [IMAGE] + [c for c in (LOG_WEIGHT, COPIES) if c in sample_set.columns]
     data = sample_set.read(columns)
     return EvalSet(name, data[IMAGE], source=f"{sample_set.source} ({directory})",

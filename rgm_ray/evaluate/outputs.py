@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from rgm_ray.store import atomic_path, atomic_write_json
 from rgm_ray.viz import save_image_grid
 
 METRICS_JSON = "metrics.json"
+KEY_INPUTS = "inputs"  # in metrics.json: what the numbers were computed from (the completeness check)
 TABLE_MD = "table.md"
 GRID_SIZE = 64
 
@@ -42,9 +43,10 @@ def mlflow_run_metrics(evaluation: Evaluation, run: int) -> dict[str, float]:
     return {f"{row.name}/{key}": value for row in evaluation.rows for key, value in row.runs[run].items()}
 
 
-def write_outputs(out: str | Path, evaluation: Evaluation, real: EvalSet, sets: Sequence[EvalSet]) -> list[Path]:
+def write_outputs(out: str | Path, evaluation: Evaluation, real: EvalSet, sets: Sequence[EvalSet], *,
+                  inputs: dict[str, Any] | None = None) -> list[Path]:
     """Write table.md, the grids (first run's images; top/bottom 64 by weight) and, last, metrics.json
-    (whose presence marks the evaluation finished)."""
+    (whose presence marks the evaluation finished; ``inputs``, what it was computed from, goes in it)."""
     out = Path(out)
     with atomic_path(out / TABLE_MD) as tmp:
         tmp.write_text(markdown_table(evaluation))
@@ -56,5 +58,5 @@ def write_outputs(out: str | Path, evaluation: Evaluation, real: EvalSet, sets: 
             top, bottom = top_bottom_rows(s.log_weight)
             written.append(save_image_grid(s.images[top], out / grid_file(s.name, f"top{GRID_SIZE}")))
             written.append(save_image_grid(s.images[bottom], out / grid_file(s.name, f"bottom{GRID_SIZE}")))
-    atomic_write_json(out / METRICS_JSON, evaluation.to_json())
+    atomic_write_json(out / METRICS_JSON, {**evaluation.to_json(), **({KEY_INPUTS: inputs} if inputs else {})})
     return [out / METRICS_JSON, *written]

@@ -10,6 +10,7 @@ the bytes never depend on how many workers ran.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +66,12 @@ class GenerationPlan:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form recorded in ``generation.json`` and compared on every re-run."""
         return asdict(self)
+
+    def digest(self) -> str:
+        """Hex SHA-256 of :meth:`to_dict` (canonical JSON): written into every shard, so a resume
+        reuses only shards this very plan drew (not, say, one copied in from a run with another seed)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ from rgm_ray.models.registry import check_sampler, default_sampler, get_family
 from rgm_ray.models.training import CHECKPOINT_DIR
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions, init_ray, worker_count
-from rgm_ray.store import ManifestError, SampleSet, ShardInfo, finish_sample_set, provenance, read_manifest
+from rgm_ray.store import (ManifestError, SampleSet, ShardInfo, finish_sample_set, provenance, read_manifest,
+                           shard_name)
 from rgm_ray.store.atomic import replace_directory
 from rgm_ray.store.completion import check_not_inside
+from rgm_ray.store.lock import output_lock
 from rgm_ray.store.manifest import MANIFEST_NAME
 from rgm_ray.store.schema import BASE_FIELDS
 from rgm_ray.tracking import NullTracker, Tracker
@@ -135,14 +137,18 @@ class GenerateResult(StageResult):
     shards: int = 0
     generated_shards: int = 0
     reused_shards: int = 0
+    redrawn_shards: int = 0  # of the generated: on disk but damaged or drawn by another plan (e.g. seed)
     workers: int = 0
 
     @property
     def message(self) -> str:
         if not self.generated_shards:
             return f"{self.out} is already complete ({self.num_samples} samples)"
+        redrawn = (f", {self.redrawn_shards} of them redrawn over damaged shards or shards of another plan"
+                   if self.redrawn_shards else "")
         return (f"{self.out}: {self.num_samples} samples in {self.shards} shards ({self.generated_shards} "
-                f"generated at {self.metrics[KEY_SAMPLES_PER_SEC]:.1f} samples/s, {self.reused_shards} reused)")
+                f"generated at {self.metrics[KEY_SAMPLES_PER_SEC]:.1f} samples/s{redrawn}, "
+                f"{self.reused_shards} reused)")
 
 
 def is_complete(spec: GenerateSpec) -> bool:
@@ -166,21 +172,22 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
     """
     tracker = tracker or NullTracker()
     checkpoint, out = spec.checkpoint_dir, Path(spec.out)
-    if spec.checkpoint is not None:
-        check_not_inside(out, [spec.checkpoint], flag="--out")
-    plan = spec.plan()
-    target = out
-    if overwrite and out.exists() and not _holds_plan(out, plan):
-        if not ((out / PLAN_FILE).is_file() or (out / MANIFEST_NAME).is_file()):
-            raise PlanMismatchError(f"{out} is not empty and was not written by 'rgm generate'; --overwrite "
-                                    "replaces only sample sets, choose another --out")
-        target = out.with_name(f".{out.name}.overwrite")
-        if target.exists() and not _holds_plan(target, plan):
-            shutil.rmtree(target)  # our own staging, from an overwrite with other settings
-    result = _fill(checkpoint, target, plan, cluster, spec.batch_size, tracker, command, progress, on_shard_done)
-    if target != out:  # the new set is complete: only now does the old one go
-        replace_directory(target, out)
-    return dataclasses.replace(result, out=str(out))
+    with output_lock(out, command=command):
+        if spec.checkpoint is not None:
+            check_not_inside(out, [spec.checkpoint], flag="--out")
+        plan = spec.plan()
+        target = out
+        if overwrite and out.exists() and not _holds_plan(out, plan):
+            if not ((out / PLAN_FILE).is_file() or (out / MANIFEST_NAME).is_file()):
+                raise PlanMismatchError(f"{out} is not empty and was not written by 'rgm generate'; --overwrite "
+                                        "replaces only sample sets, choose another --out")
+            target = out.with_name(f".{out.name}.overwrite")
+            if target.exists() and not _holds_plan(target, plan):
+                shutil.rmtree(target)  # our own staging, from an overwrite with other settings
+        result = _fill(checkpoint, target, plan, cluster, spec.batch_size, tracker, command, progress, on_shard_done)
+        if target != out:  # the new set is complete: only now does the old one go
+            replace_directory(target, out)
+        return dataclasses.replace(result, out=str(out))
 
 
 def _holds_plan(directory: Path, plan: GenerationPlan) -> bool:
@@ -201,6 +208,7 @@ def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: Clu
         if info is not None:
             done[index] = info
     pending = [i for i in range(plan.num_shards) if i not in done]
+    redrawn = sum((out / shard_name(i)).is_file() for i in pending)
     manifest_path = out / MANIFEST_NAME
     if not pending and manifest_path.is_file() and _manifest_matches(out, done):
         return GenerateResult(out=str(out), num_samples=plan.num_samples, shards=plan.num_shards,
@@ -228,7 +236,7 @@ def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: Clu
     tracker.log_dict(manifest.to_json(), MANIFEST_NAME)
     return GenerateResult(out=str(out), metrics=metrics, num_samples=manifest.num_rows, shards=len(manifest.shards),
                           generated_shards=len(pending), reused_shards=len(done) - len(pending),
-                          workers=stats["workers"])
+                          redrawn_shards=redrawn, workers=stats["workers"])
 
 
 def _checkpoint_shape(checkpoint: str | Path) -> tuple[int, int, int]:

@@ -17,14 +17,20 @@ WHERE = (f"it cannot be downloaded here (no internet). Fetch {URL_INCEPTION_V3} 
          "internet access, copy it here and pass --inception-weights PATH")
 
 
-def check_inception_weights(weights: str | Path | None, *, needed_by: str) -> Path:
-    """The validated path of torch-fidelity's Inception-V3 weights; ``needed_by`` names the flag."""
+def inception_weights_file(weights: str | Path | None, *, needed_by: str) -> Path:
+    """The weights file's path, once given and a file (cheap: a stage checks it before writing anything)."""
     if weights is None:
         raise ValueError(f"{needed_by} needs --inception-weights PATH (torch-fidelity's Inception-V3 "
                          f"weights file); {WHERE}")
     path = Path(weights)
     if not path.is_file():
         raise ValueError(f"--inception-weights {path}: no such file; {WHERE}")
+    return path
+
+
+def check_inception_weights(weights: str | Path | None, *, needed_by: str) -> Path:
+    """The validated path of torch-fidelity's Inception-V3 weights; ``needed_by`` names the flag."""
+    path = inception_weights_file(weights, needed_by=needed_by)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises assorted errors for foreign or truncated files

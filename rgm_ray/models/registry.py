@@ -65,6 +65,9 @@ class GeneratorFamily:
     preset_section: str  # the preset section holding the model config
     train_section: str  # the preset section holding the training defaults
     train_loop: str  # "module:function" of its training loop (see ``train``)
+    # True when its checkpoint holds a trained real-vs-generated discriminator whose logit can weigh its
+    # samples too (``rgm weigh --backbone gan-discriminator``), next to the trained-for-purpose classifier.
+    has_discriminator: bool = False
 
     @property
     def kind(self) -> str:
@@ -116,9 +119,12 @@ FAMILIES: tuple[GeneratorFamily, ...] = (  # in pipeline order
         name="gan", display_name="GAN", model_class=GAN, config_class=GANConfig,
         samplers=gan.SAMPLERS, sample=gan.sample_gan, default_batch_size=gan.DEFAULT_BATCH_SIZE,
         preset_section="gan", train_section="train_gan", train_loop="rgm_ray.models.gan_training:train_gan",
+        has_discriminator=True,
     ),
 )
 GENERATOR_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
+# The family the thesis's SSL study (Table 6.4) uses: its bare 'plain'/'resampled' sweep sources.
+THESIS_GENERATOR = "pixelcnn"
 _BY_NAME = {family.name: family for family in FAMILIES}
 _BY_KIND = {family.kind: family for family in FAMILIES}
 DEPRECATED_NAMES: dict[str, str] = {f.kind: f.name for f in FAMILIES if f.kind != f.name}  # old -> public

@@ -19,6 +19,7 @@ from rgm_ray.models.gan_training import KEY_FID
 from rgm_ray.models.registry import get_family
 from rgm_ray.models.training import CHECKPOINT_DIR, KEY_TEST_BPD, METRICS_JSON, TrainConfig
 from rgm_ray.results import StageResult
+from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import NullTracker, Tracker
 
 
@@ -59,16 +60,17 @@ def train_generator(spec: TrainSpec, *, tracker: Tracker | None = None, device: 
                     progress: Callable[..., Any] | None = None, origin: str = "trained") -> TrainResult:
     """Train (or resume training) ``spec.family`` into ``spec.out``."""
     tracker = tracker or NullTracker()
-    family = get_family(spec.family)
-    train_split = load_dataset(spec.dataset, "train", spec.root)
-    test_split = load_dataset(spec.dataset, "test", spec.root)
-    torch.manual_seed(spec.train.seed)  # the initial weights are part of the run's seed
-    model = build_model(family.kind, spec.model.to_dict())
     out = Path(spec.out)
-    family.train(model, train_split.images, test_split.images, spec.train, out,
-                 meta={"dataset": spec.dataset, "preset": spec.preset}, tracker=tracker, device=device,
-                 progress=progress)
-    metrics = json.loads((out / METRICS_JSON).read_text())
-    tracker.set_tags({"origin": origin})
-    return TrainResult(out=str(out), metrics=metrics, family=family.name, run=str(out), checkpoint=str(out / CHECKPOINT_DIR),
-                       origin=origin)
+    with output_lock(out):
+        family = get_family(spec.family)
+        train_split = load_dataset(spec.dataset, "train", spec.root)
+        test_split = load_dataset(spec.dataset, "test", spec.root)
+        torch.manual_seed(spec.train.seed)  # the initial weights are part of the run's seed
+        model = build_model(family.kind, spec.model.to_dict())
+        family.train(model, train_split.images, test_split.images, spec.train, out,
+                     meta={"dataset": spec.dataset, "preset": spec.preset}, tracker=tracker, device=device,
+                     progress=progress)
+        metrics = json.loads((out / METRICS_JSON).read_text())
+        tracker.set_tags({"origin": origin})
+        return TrainResult(out=str(out), metrics=metrics, family=family.name, run=str(out),
+                           checkpoint=str(out / CHECKPOINT_DIR), origin=origin)

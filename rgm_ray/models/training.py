@@ -64,6 +64,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive or null, got {value}")
         if not (self.lr > 0 and 0 < self.lr_decay <= 1):
             raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={self.lr}, lr_decay={self.lr_decay}")
+        if self.seed < 0:  # refused here, not at the first seeded draw after training has started
+            raise ValueError(f"train.seed must be non-negative, got {self.seed}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

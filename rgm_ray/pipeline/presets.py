@@ -11,7 +11,7 @@ to the pipeline itself, ``pipeline`` and ``ssl``, are defined here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,6 +25,7 @@ from rgm_ray.models.training import TrainConfig
 from rgm_ray.weigh.stage import WeighConfig
 from rgm_ray.models.registry import FAMILIES, GENERATOR_NAMES
 from rgm_ray.resample import ResampleConfig
+from rgm_ray.resample.config import METHODS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TUNE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "tune_configs"
@@ -35,10 +36,24 @@ class PipelineConfig:
     """Pipeline-level switches of a preset (its ``pipeline`` section)."""
 
     pretrained: str | None = None  # name of committed checkpoints under rgm_ray/assets/ (demo)
-    generators: tuple[str, ...] = ("vae", "pixelcnn")  # "gan" joins once a demo GAN checkpoint is committed
+    generators: tuple[str, ...] = GENERATOR_NAMES  # every registered family, in registry order
+    # Resamplers run beside the resample section's own method on every weighting, with its k, seed and
+    # α choice, and evaluated side by side in ``evaluate_methods`` (the report's method comparison).
+    compare_methods: tuple[str, ...] = ()
+    # Resample fields for a compared method, e.g. {"rejection": {"rejection_quantile": 0.8}} (a DRS-style bound).
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "generators", tuple(self.generators))
+        object.__setattr__(self, "compare_methods", tuple(self.compare_methods))
+        if set(self.compare_methods) - set(METHODS) or len(set(self.compare_methods)) != len(self.compare_methods):
+            raise ValueError(f"pipeline.compare_methods must be distinct names from {', '.join(METHODS)}; "
+                             f"got {self.compare_methods}")
+        known = {f.name for f in fields(ResampleConfig)} - {"method"}
+        for method, options in self.method_options.items():
+            if method not in self.compare_methods or not isinstance(options, dict) or set(options) - known:
+                raise ValueError(f"pipeline.method_options.{method}: must name a compared method and map "
+                                 f"resample fields ({', '.join(sorted(known))}) to values; got {options!r}")
         unknown = set(self.generators) - set(GENERATOR_NAMES)
         if unknown or not self.generators:
             raise ValueError(f"pipeline.generators must be a non-empty subset of {', '.join(GENERATOR_NAMES)}; "
@@ -84,7 +99,7 @@ PRESETS: dict[str, Preset] = {
                       "eval_images": 64, "checkpoint_every": 6, "train_images": 512, "grid_images": 16},
         "domain": {"epochs": 1, "batch_size": 64, "train_images": 1024, "test_images": 500},
         "generate": {"num_samples": 256, "shard_size": 64, "batch_size": 64},
-        "pipeline": {"pretrained": None},
+        "pipeline": {"pretrained": None, "compare_methods": ["rejection", "mh"]},
         "weigh": {"head": {"epochs": 3, "lr": 1e-2}},
         "resample": {"k": 64, "target_ess": 64},
         "evaluate": {"k": 64, "runs": 2, "uniform_k": True, "kid_subsets": 10},
@@ -105,9 +120,11 @@ PRESETS: dict[str, Preset] = {
                       "checkpoint_every": 500},
         "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
         "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
-        "pipeline": {"pretrained": "demo"},
+        "pipeline": {"pretrained": "demo", "compare_methods": ["rejection", "mh"],
+                     # exact rejection (M = max w) keeps ~1 % of 6000 samples: too few to compare at k = 1000
+                     "method_options": {"rejection": {"rejection_quantile": 0.8}}},
         "weigh": {"head": {"epochs": 20, "lr": 1e-2}},
-        "resample": {"k": 1000, "alpha": 1.0},
+        "resample": {"k": 1000},  # α: the largest with ESS >= k (capped at N/2), recorded and reported
         "evaluate": {"k": 1000, "runs": 3, "uniform_k": True, "kid_subsets": 50},
         "ssl": {"config": "ssl_demo.yaml"},
     },
@@ -126,7 +143,7 @@ PRESETS: dict[str, Preset] = {
                       "discriminator_steps": 1, "eval_every": 5000, "eval_images": 10000, "checkpoint_every": 2000},
         "domain": {"epochs": 30, "batch_size": 128},
         "generate": {"num_samples": 150_000, "shard_size": 1000, "batch_size": 256},
-        "pipeline": {"pretrained": None},
+        "pipeline": {"pretrained": None, "compare_methods": ["rejection", "mh"]},
         "weigh": {"head": {"epochs": 20, "lr": 1e-3}},
         "resample": {"k": 10_000, "alpha": 1.0},
         "evaluate": {"k": 10_000, "runs": 3, "uniform_k": True},

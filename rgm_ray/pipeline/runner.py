@@ -18,6 +18,7 @@ from typing import Any
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.stages import stages_for
 from rgm_ray.store.atomic import atomic_write_json
+from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import start_run
 
 STATE_FILE = "pipeline.json"
@@ -42,12 +43,21 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:
-    """Run every stage (or those up to ``until``); returns per-stage outputs and timings."""
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    """Run every stage (or those up to ``until``); returns per-stage outputs and timings.
+
+    The run directory is locked for the whole run (a second pipeline into it is refused at once);
+    each stage also locks its own output inside it.
+    """
+    with output_lock(ctx.run_dir):
+        return _run_stages(ctx, until)
+
+
+def _run_stages(ctx: Context, until: str | None) -> dict[str, Any]:
     stages = stages_for(ctx)
     names = [stage.name for stage in stages]
     if until is not None and until not in names:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(names)}")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
     previous = load_state(ctx.run_dir)
     if previous.get("preset") not in (None, ctx.preset_name):
         raise ValueError(f"{ctx.run_dir} holds a '{previous['preset']}' run; use another --out")

@@ -21,20 +21,24 @@ from rgm_ray.evaluate import EvaluateSpec, evaluate_sets
 from rgm_ray.generate import GenerateSpec, generate_sample_set
 from rgm_ray.models.checkpoint import CONFIG_FILE
 from rgm_ray.models.domain import ensure_domain
-from rgm_ray.models.registry import get_family
+from rgm_ray.models.gan_training import GANTrainConfig
+from rgm_ray.models.registry import THESIS_GENERATOR, get_family
 from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
 from rgm_ray.models.training import CHECKPOINT_DIR, METRICS_JSON
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.presets import ASSETS, TUNE_CONFIGS
 from rgm_ray.report.build import build_report
 from rgm_ray.resample import ResampleSpec, resample_sample_set
+from rgm_ray.resample.summary import KEY_DRAWS
 from rgm_ray.results import StageResult
 from rgm_ray.store import ManifestError, SampleSet, export_dataset
 from rgm_ray.tracking import Tracker
 from rgm_ray.tune.config import load_sweep_config
 from rgm_ray.tune.sweep import run_sweep
 from rgm_ray.weigh import WeighSpec
+from rgm_ray.weigh.backbones import GAN_DISCRIMINATOR
 from rgm_ray.weigh.stage import SCORING_CLUSTER
+from rgm_ray.weigh.variants import WeighVariant, weigh_variants
 
 SPLITS = ("train", "test")
 
@@ -143,9 +147,11 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             tracker.set_tags({"origin": result.origin})
             return result
         data = ctx.config("data")
+        train = ctx.config(family.train_section)
+        if isinstance(train, GANTrainConfig) and train.fid_domain_checkpoint is None:  # its FID: this run's domain
+            train = dataclasses.replace(train, fid_domain_checkpoint=str(ctx.path("domain")))
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
-                         model=ctx.config(family.preset_section), train=ctx.config(family.train_section),
-                         preset=ctx.preset_name)
+                         model=ctx.config(family.preset_section), train=train, preset=ctx.preset_name)
         return train_generator(_logged(spec, tracker), tracker=tracker, origin="trained in this run")
     return run
 
@@ -165,33 +171,53 @@ def _run_generate(name: str) -> Callable[[Context, Tracker], StageResult]:
                                                     tracker=tracker)
 
 
-def _weigh_spec(ctx: Context, name: str) -> WeighSpec:
+def _weigh_spec(ctx: Context, variant: WeighVariant) -> WeighSpec:
     config = ctx.config("weigh")
-    if ctx.inception_weights:
+    if variant.backbone == GAN_DISCRIMINATOR:  # the GAN's own critic: no classifier backbone to point at
+        config = dataclasses.replace(config, backbone=GAN_DISCRIMINATOR, domain_checkpoint=None,
+                                     inception_weights=None,
+                                     gan_checkpoint=str(ctx.path("models", variant.generator, CHECKPOINT_DIR)))
+    elif ctx.inception_weights:
         config = dataclasses.replace(config, backbone="inception", inception_weights=ctx.inception_weights)
     elif config.backbone == "domain":
         config = dataclasses.replace(config, domain_checkpoint=str(ctx.path("domain")))
     data = ctx.config("data")
-    return WeighSpec(real=data["dataset"], root=data["root"], samples=str(ctx.path("samples", name)),
-                     out=str(ctx.path("weights", name)), config=config)
+    return WeighSpec(real=data["dataset"], root=data["root"], samples=str(ctx.path("samples", variant.generator)),
+                     out=str(ctx.path("weights", variant.name)), config=config)
 
 
-def _run_weigh(name: str) -> Callable[[Context, Tracker], StageResult]:
+def _run_weigh(variant: WeighVariant) -> Callable[[Context, Tracker], StageResult]:
     # Ray Data scorers take fractional CPUs so the read tasks keep one (see weigh.scoring)
     return lambda ctx, tracker: weigh.weigh(
-        _logged(_weigh_spec(ctx, name), tracker),
+        _logged(_weigh_spec(ctx, variant), tracker),
         dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker), tracker=tracker)
 
 
-def _resample_spec(ctx: Context, name: str) -> ResampleSpec:
+def _resampled_name(name: str, method: str | None) -> str:
+    """``resampled/<name>`` for the resample section's own method, ``<name>_<method>`` for a compared one."""
+    return name if method is None else f"{name}_{method}"
+
+
+def _resample_spec(ctx: Context, name: str, method: str | None = None) -> ResampleSpec:
+    config = ctx.config("resample")
+    if method is not None:
+        options = ctx.config("pipeline").method_options.get(method, {})
+        config = dataclasses.replace(config, method=method, **options)
     return ResampleSpec(samples=str(ctx.path("weights", name, weigh.stage.WEIGHTED_DIR)),
-                        out=str(ctx.path("resampled", name)), config=ctx.config("resample"))
+                        out=str(ctx.path("resampled", _resampled_name(name, method))), config=config)
 
 
-def _run_resample(name: str) -> Callable[[Context, Tracker], StageResult]:
+def _run_resample(name: str, method: str | None = None) -> Callable[[Context, Tracker], StageResult]:
     # a finished set from other settings is replaced, atomically, once the new draw is written
-    return lambda ctx, tracker: resample_sample_set(_logged(_resample_spec(ctx, name), tracker), ctx.cluster,
-                                                    overwrite=True, tracker=tracker)
+    return lambda ctx, tracker: resample_sample_set(_logged(_resample_spec(ctx, name, method), tracker),
+                                                    ctx.cluster, overwrite=True, tracker=tracker)
+
+
+def _resample_stage(name: str, method: str | None = None) -> Stage:
+    out = _resampled_name(name, method)
+    return Stage(f"resample_{out}", lambda c: c.path("resampled", out),
+                 lambda c: resample.is_complete(_resample_spec(c, name, method)), _run_resample(name, method),
+                 _describe_resample(out))
 
 
 # --- evaluation, SSL, report --------------------------------------------------------------------------
@@ -200,9 +226,11 @@ def _run_resample(name: str) -> Callable[[Context, Tracker], StageResult]:
 def _evaluate_spec(ctx: Context) -> EvaluateSpec:
     data = ctx.config("data")
     sets = {}
-    for g in ctx.generators:
+    variants = weigh_variants(ctx.generators)
+    for g in ctx.generators:  # each generator's plain set, then its resampled sets
         sets[f"{g}_plain"] = str(ctx.path("samples", g))
-        sets[f"{g}_resampled"] = str(ctx.path("resampled", g))
+        for variant in (v for v in variants if v.generator == g):
+            sets[f"{variant.name}_resampled"] = str(ctx.path("resampled", variant.name))
     features = ({"features": "inception", "inception_weights": ctx.inception_weights} if ctx.inception_weights
                 else {"features": "domain", "domain_checkpoint": str(ctx.path("domain"))})
     return EvaluateSpec(real=data["dataset"], root=data["root"], sets=sets, out=str(ctx.path("evaluate")),
@@ -213,17 +241,50 @@ def _run_evaluate(ctx: Context, tracker: Tracker) -> StageResult:
     return evaluate_sets(_logged(_evaluate_spec(ctx), tracker), tracker=tracker)
 
 
+def _methods_spec(ctx: Context) -> EvaluateSpec:
+    """Every weighting's sets of each resampler, at the size all of them reach: rejection keeps at most
+    k (fewer when fewer are accepted), and FID must compare sets of one size."""
+    own = ctx.config("resample").method
+    sets = {}
+    for variant in weigh_variants(ctx.generators):
+        sets[f"{variant.name}_{own}"] = str(ctx.path("resampled", variant.name))
+        for method in ctx.config("pipeline").compare_methods:
+            sets[f"{variant.name}_{method}"] = str(ctx.path("resampled", _resampled_name(variant.name, method)))
+    spec = _evaluate_spec(ctx)
+    k = min([spec.config.k, *(_draws(path) for path in sets.values())])
+    return dataclasses.replace(spec, sets=sets, out=str(ctx.path("evaluate_methods")),
+                               config=dataclasses.replace(spec.config, k=k, uniform_k=True))
+
+
+def _draws(path: str) -> int:
+    """How many images a resampled set stands for (its copies expanded)."""
+    return int(SampleSet(path).manifest.info[resample.stage.INFO_SUMMARY][KEY_DRAWS])
+
+
+def _methods_complete(ctx: Context) -> bool:
+    try:
+        spec = _methods_spec(ctx)  # reads the resampled sets' sizes
+    except (ManifestError, FileNotFoundError):
+        return False
+    return evaluate.is_complete(spec.out, spec)
+
+
+def _run_evaluate_methods(ctx: Context, tracker: Tracker) -> StageResult:
+    return evaluate_sets(_logged(_methods_spec(ctx), tracker), tracker=tracker)
+
+
 def _sweep_sources(ctx: Context) -> dict[str, str]:
     """Sweep source names -> this run's sets: ``<g>_plain``/``_resampled``/``_weighted``, and the
-    bare ``plain``/``resampled``/``weighted`` of the thesis's sweep for the last generator (PixelCNN++)."""
+    bare ``plain``/``resampled``/``weighted`` of the thesis's sweep for its generator (PixelCNN++ when
+    this run has it, else the last one)."""
     paths: dict[str, str] = {}
     for g in ctx.generators:
         paths[f"{g}_plain"] = str(ctx.path("samples", g))
         paths[f"{g}_resampled"] = str(ctx.path("resampled", g))
         paths[f"{g}_weighted"] = "weighted:" + str(ctx.path("weights", g, weigh.stage.WEIGHTED_DIR))
-    last = ctx.generators[-1]
+    thesis = THESIS_GENERATOR if THESIS_GENERATOR in ctx.generators else ctx.generators[-1]
     for kind in ("plain", "resampled", "weighted"):
-        paths[kind] = paths[f"{last}_{kind}"]
+        paths[kind] = paths[f"{thesis}_{kind}"]
     return paths
 
 
@@ -267,7 +328,8 @@ def _run_report(ctx: Context, tracker: Tracker) -> StageResult:
 
 
 def stages_for(ctx: Context) -> list[Stage]:
-    """The ordered stage list for this preset (one train/generate/weigh/resample per generator)."""
+    """The ordered stage list for this preset: one train/generate per generator, one weigh/resample per
+    weighting of its samples (:func:`~rgm_ray.weigh.variants.weigh_variants`)."""
     gens = ctx.generators
     stages = [Stage("data", _data_out, lambda c: all(_is_set(c.path("data", f"real_{s}")) for s in SPLITS),
                     _run_data),
@@ -276,13 +338,17 @@ def stages_for(ctx: Context) -> list[Stage]:
                for g in gens]
     stages += [Stage(f"generate_{g}", lambda c, g=g: c.path("samples", g),
                      lambda c, g=g: generate.is_complete(_generate_spec(c, g)), _run_generate(g)) for g in gens]
-    stages += [Stage(f"weigh_{g}", lambda c, g=g: c.path("weights", g),
-                     lambda c, g=g: weigh.is_complete(c.path("weights", g)), _run_weigh(g)) for g in gens]
-    stages += [Stage(f"resample_{g}", lambda c, g=g: c.path("resampled", g),
-                     lambda c, g=g: resample.is_complete(_resample_spec(c, g)), _run_resample(g),
-                     _describe_resample(g)) for g in gens]
-    stages.append(Stage("evaluate", lambda c: c.path("evaluate"), lambda c: evaluate.is_complete(c.path("evaluate")),
+    variants = weigh_variants(gens)
+    stages += [Stage(f"weigh_{v.name}", lambda c, n=v.name: c.path("weights", n),
+                     lambda c, n=v.name: weigh.is_complete(c.path("weights", n)), _run_weigh(v)) for v in variants]
+    methods = ctx.config("pipeline").compare_methods
+    stages += [_resample_stage(v.name) for v in variants]
+    stages += [_resample_stage(v.name, m) for v in variants for m in methods]
+    stages.append(Stage("evaluate", lambda c: c.path("evaluate"), lambda c: evaluate.is_complete(c.path("evaluate"), _evaluate_spec(c)),
                         _run_evaluate))
+    if methods:
+        stages.append(Stage("evaluate_methods", lambda c: c.path("evaluate_methods"),
+                            _methods_complete, _run_evaluate_methods))
     stages.append(Stage("ssl", lambda c: c.path("ssl"), lambda c: tune.is_complete(c.path("ssl")), _run_ssl))
     stages.append(Stage("report", lambda c: c.run_dir, lambda c: False, _run_report))
     return stages

@@ -13,10 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rgm_ray.models.gan_training import KEY_FID
 from rgm_ray.models.registry import GENERATOR_NAMES, get_family
+from rgm_ray.resample.config import METHODS
 from rgm_ray.report.document import Figure, Section, Table, to_html, to_markdown
 from rgm_ray.store.atomic import atomic_write_bytes
 from rgm_ray.tune.results import SUMMARY_CSV, SUMMARY_MD
+from rgm_ray.weigh.variants import weigh_variants
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -46,14 +49,16 @@ def section_models(outputs: dict[str, Any]) -> Section:
         rate = sum(per_worker) / len(per_worker) if per_worker else None
         rows.append([NAMES[g], _fmt(train.get("parameters")), _fmt(train.get("steps")),
                      _fmt(train.get("train_seconds") and train["train_seconds"] / 60),
-                     _fmt(train.get("test_bpd")),
+                     _fmt(train.get("test_bpd")), _fmt(train.get(KEY_FID)),
                      _fmt(rate and 250 / rate / 60), _fmt(gen.get("samples_per_sec")), train.get("origin", "")])
     section = Section("Generators (Table 6.1)")
     if rows:
         section.tables.append(Table(
-            ["model", "parameters", "training steps", "training minutes", "test bits/dim",
+            ["model", "parameters", "training steps", "training minutes", "test bits/dim", "test FID (domain)",
              "minutes per 250 samples (one worker)", "samples/s (all workers)", "checkpoint"], rows,
-            "Measured on this run's hardware. VAE bits/dim is the negative ELBO (an upper bound)."))
+            "Measured on this run's hardware. VAE bits/dim is the negative ELBO (an upper bound). A GAN has no "
+            "likelihood: its quality number is the domain-feature FID of its samples against the test split, "
+            "logged by its trainer."))
         for g in _generators(outputs):
             grid = Path(outputs[f"train_{g}"]["run"]) / "samples.png"
             if grid.is_file():
@@ -93,8 +98,9 @@ def section_weights(outputs: dict[str, Any]) -> Section:
     """Table 6.2 (estimator accuracy and calibration) and Figures 6.2-6.5 (reliability, weights, ESS)."""
     section = Section("Importance weights (Table 6.2)")
     rows, figures = [], []
-    for g in _generators(outputs):
-        weigh = outputs.get(f"weigh_{g}")
+    variants = weigh_variants(_generators(outputs))
+    for variant in variants:
+        weigh = outputs.get(f"weigh_{variant.name}")
         if not weigh:
             continue
         out = Path(weigh["out"])
@@ -102,7 +108,7 @@ def section_weights(outputs: dict[str, Any]) -> Section:
         summary = json.loads((out / "weights_summary.json").read_text())
         before, after = calibration["pooled"]["before"], calibration["pooled"]["after"]
         temperatures = ", ".join(f"{t:.2f}" for t in calibration.get("temperatures", []))
-        rows.append([NAMES[g], calibration["backbone"]["kind"], _fmt(before["accuracy"]), _fmt(before["roc_auc"]),
+        rows.append([variant.label, calibration["backbone"]["kind"], _fmt(before["accuracy"]), _fmt(before["roc_auc"]),
                      f"{_fmt(before['ece'], 2)} → {_fmt(after['ece'], 2)}",
                      f"{_fmt(before['brier'], 2)} → {_fmt(after['brier'], 2)}", temperatures or "–",
                      _fmt(summary["ess"]), _fmt(summary["ess_frac"]), _fmt(summary["max_share"]),
@@ -111,7 +117,7 @@ def section_weights(outputs: dict[str, Any]) -> Section:
                              ("log_weight_hist.png", "log-weight distribution"),
                              ("ess_vs_alpha.png", "effective sample size vs flattening α")):
             if (out / png).is_file():
-                figures.append(Figure(out / png, f"{NAMES[g]}: {caption}"))
+                figures.append(Figure(out / png, f"{variant.label}: {caption}"))
     if not rows:
         section.paragraphs.append("The weigh stage has not run.")
         return section
@@ -120,14 +126,58 @@ def section_weights(outputs: dict[str, Any]) -> Section:
          "temperature per fold", "ESS (α=1)", "ESS/N", "largest normalised weight", "ESS at α"], rows,
         "Real-vs-generated classifier measured on held-out cross-fitting folds; every sample's weight "
         "comes from the fold model that never saw it. Accuracy and ROC-AUC are before temperature scaling "
-        "(scaling does not change them)."))
+        "(scaling does not change them)."
+        + (" A GAN's own-discriminator row scores with the GAN's trained discriminator (no classifier is "
+           "fitted; only its temperature, per fold)." if any(v.backbone for v in variants) else "")))
     section.figures = figures
-    resampled = [[NAMES[g], _fmt(r.get("k")), _fmt(r.get("alpha")), _fmt(r.get("ess_before")),
-                  _fmt(r.get("ess_after")), _fmt(r.get("unique"))]
-                 for g in _generators(outputs) if (r := outputs.get(f"resample_{g}"))]
+    summaries = [(v, r) for v in variants if (r := outputs.get(f"resample_{v.name}"))]
+    resampled = [[v.label, _fmt(r.get("k")), f"{_fmt(r.get('alpha'))} ({r.get('alpha_source', 'given')})",
+                  _fmt(r.get("ess_alpha_one")), _fmt(r.get("ess_before")), _fmt(r.get("ess_after")),
+                  _fmt(r.get("unique"))] for v, r in summaries]
     if resampled:
-        section.tables.append(Table(["generator", "k", "α", "ESS before transform", "ESS after", "unique selected"],
-                                    resampled, "Gumbel top-k resampling (without replacement unless stated)."))
+        section.tables.append(Table(
+            ["generator", "k", "α (how chosen)", "ESS at α = 1", "ESS before transform", "ESS after",
+             "unique selected"], resampled,
+            "Gumbel top-k resampling (without replacement unless stated). Unless α is given, it is the largest "
+            "α whose ESS reaches the target (k, capped at half the samples), so a few heavy weights cannot "
+            "fill the draw."))
+        section.paragraphs += [f"Warning ({v.label}): {r['warning']}" for v, r in summaries if r.get("warning")]
+    return section
+
+
+def section_methods(outputs: dict[str, Any]) -> Section:
+    """SIR, rejection and independence Metropolis-Hastings on the same weights, evaluated side by side."""
+    section = Section("Resamplers compared")
+    evaluation = outputs.get("evaluate_methods")
+    if not evaluation:
+        section.paragraphs.append("The resampler comparison has not run (preset `pipeline.compare_methods`).")
+        return section
+    metrics = json.loads((Path(evaluation["out"]) / "metrics.json").read_text())
+    by_set = {row["name"]: row for row in metrics["rows"]}
+    keys = [k for k in ("fid", "kid", "is") if k in metrics["metrics"]]
+    rows = []
+    for variant in weigh_variants(_generators(outputs)):
+        stages = [f"resample_{variant.name}", *(f"resample_{variant.name}_{m}" for m in METHODS)]
+        for r in (outputs[name] for name in stages if name in outputs):
+            row = by_set.get(f"{variant.name}_{r['method']}")
+            accept = r.get("acceptance_rate")
+            rows.append([variant.label, r["method"], _fmt(r.get("alpha")), _fmt(r.get("ess_after")),
+                         "–" if accept is None else f"{_fmt(accept)}"
+                         + (f" ({_fmt(r['proposals_per_accepted'])} proposals each, M = "
+                            + ("max w" if r.get("rejection_exact") else f"{r['rejection_quantile']}-quantile")
+                            + ")" if r.get("proposals_per_accepted") else ""),
+                         _fmt(r.get("unique")), _fmt(r.get("draws")), _fmt(r.get("wall_seconds"), 2),
+                         *((f"{_fmt(row['mean'][k])} ± {_fmt(row['std'][k], 2)}" if row else "–") for k in keys)])
+    arrows = {"is": "IS ↑", "fid": "FID ↓", "kid": "KID ↓"}
+    section.tables.append(Table(
+        ["generator", "method", "α", "ESS", "acceptance", "distinct", "draws", "seconds", *(arrows[k] for k in keys)],
+        rows,
+        f"The same log-weights and α per generator. sir: Gumbel top-k without replacement; rejection: accept "
+        f"with probability min(1, w/M), the first k accepted in a seeded proposal order (M = max w is exact; "
+        f"M = a quantile of w, as in discriminator rejection sampling, draws from min(w, M) instead); mh: an independence "
+        f"Metropolis-Hastings chain over the generated samples as proposals (acceptance = moves taken). "
+        f"{metrics['runs']} runs of k = {metrics['k']} images per set (the size every method reached), "
+        f"mean ± std, domain features unless stated in Table 6.3."))
     return section
 
 
@@ -156,7 +206,7 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
     return section
 
 
-SECTIONS = (section_models, section_weights, section_evaluation, section_ssl)
+SECTIONS = (section_models, section_weights, section_evaluation, section_methods, section_ssl)
 
 
 def build_report(run_dir: str | Path, *, outputs: dict[str, Any] | None = None) -> tuple[Path, Path]:

@@ -51,10 +51,18 @@ def _combined_ess(runner: ShardRunner, clip: WeightTransform, alphas: list[float
     return [LogSums.combine([sums[j] for sums in per_shard]) for j in range(len(alphas))]
 
 
-def alpha_for_target_ess_over_shards(runner: ShardRunner, clip: WeightTransform, target: float,
-                                     tol: float) -> float:
-    """Distributed ``transforms.alpha_for_target_ess`` on the clipped log-weights of ``runner``'s set."""
+def clipped_sums(runner: ShardRunner, clip: WeightTransform) -> LogSums:
+    """``LogSums`` of ``clip(ℓ)`` (α = 1) over ``runner``'s set: one pass reading only ``log_weight``."""
     [at_one] = _combined_ess(runner, clip, [1.0])
+    return at_one
+
+
+def alpha_for_target_ess_over_shards(runner: ShardRunner, clip: WeightTransform, target: float,
+                                     tol: float, at_one: LogSums | None = None) -> float:
+    """Distributed ``transforms.alpha_for_target_ess`` on the clipped log-weights of ``runner``'s set
+    (``at_one``: their ``clipped_sums`` if already known, saving a pass)."""
+    if at_one is None:
+        at_one = clipped_sums(runner, clip)
     if target > at_one.n_support:
         raise ValueError(f"{runner.samples.path}: target_ess={target} exceeds the {at_one.n_support} "
                          "samples with non-zero weight")

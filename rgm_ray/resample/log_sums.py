@@ -88,6 +88,15 @@ def alpha_sums(lw: np.ndarray, alphas: Sequence[float]) -> list[LogSums]:
     return out
 
 
+def read_transformed(path: str | Path, transform: WeightTransform) -> tuple[np.ndarray, np.ndarray, LogSums, LogSums]:
+    """``(sample ids, transform(ℓ), sums of ℓ, sums of transform(ℓ))`` of one shard: what every
+    shard task that draws needs first."""
+    ids, lw = read_log_weights(path)
+    raw = LogSums.of(lw)
+    lw_t = transform.apply(lw)
+    return ids, lw_t, raw, raw if transform.is_identity else LogSums.of(lw_t)
+
+
 def shard_log_sums(path: str | Path, transform: WeightTransform) -> tuple[LogSums, LogSums]:
     """``(sums of ℓ, sums of transform(ℓ))`` of one shard, reading only ``log_weight``."""
     _, lw = read_log_weights(path, with_ids=False)

@@ -17,8 +17,7 @@ import numpy as np
 
 from rgm_ray.resample.counter_rng import check_draw_count
 from rgm_ray.resample.gumbel import gumbel_keys, merge_top_k
-from rgm_ray.resample.log_sums import LogSums
-from rgm_ray.resample.shard_io import read_log_weights
+from rgm_ray.resample.log_sums import LogSums, read_transformed
 from rgm_ray.resample.weight_transform import WeightTransform
 
 REQUEST_FACTOR = 2.0  # candidates asked of a shard, relative to its share of k ...
@@ -64,18 +63,22 @@ def shard_candidates(path: str | Path, transform: WeightTransform, request: int,
     ``threshold`` is a key the final k-th best is known to reach, so rows under it cannot win;
     ``below`` is the cut of an earlier, capped request, so a re-query sends only rows not sent yet.
     """
-    ids, lw = read_log_weights(path)
-    raw = LogSums.of(lw)
-    lw_t = transform.apply(lw)
-    transformed = raw if transform.is_identity else LogSums.of(lw_t)
-    keys = gumbel_keys(lw_t, ids, seed)
+    ids, lw_t, raw, transformed = read_transformed(path, transform)
+    return ShardCandidates(*capped_candidates(ids, gumbel_keys(lw_t, ids, seed), request, threshold, below),
+                           raw, transformed)
+
+
+def capped_candidates(ids: np.ndarray, keys: np.ndarray, request: int, threshold: float = -math.inf,
+                      below: float = math.inf) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(ids, keys, cut)`` of the best ``request`` rows (plus ties) with ``threshold ≤ key < below``,
+    for any keys a ``TopKMerger`` merges (``cut``: see ``ShardCandidates``; −inf keys are never sent)."""
     if threshold > -math.inf or below < math.inf:
         eligible = np.flatnonzero((keys >= threshold) & (keys < below))
         ids, keys = ids[eligible], keys[eligible]
     best = top_k_superset(keys, request)
     held_back = best.size < np.count_nonzero(keys > -np.inf)
     cut = float(keys[best].min()) if held_back else -math.inf
-    return ShardCandidates(ids[best], keys[best], cut, raw, transformed)
+    return ids[best], keys[best], cut
 
 
 class TopKMerger:
@@ -124,12 +127,17 @@ class TopKMerger:
         self._prune()
         return {shard: cut for shard, cut in self.cuts.items() if cut > self.threshold}
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(selected ids in selection order, index of the shard each came from)``."""
+    def finish(self, *, at_most: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(selected ids in selection order, index of the shard each came from)``.
+
+        With ``at_most``, fewer than k candidates in all (with a key above −inf) is no error: then all
+        of them are selected, in order.
+        """
         hidden = self.hiding()
         if hidden:
             raise RuntimeError(f"shards {sorted(hidden)} may hide top-k rows; re-query them first")
         ids, keys, shards = self._concat()
-        selected = merge_top_k([(ids, keys)], self.k)
+        k = min(self.k, int(np.count_nonzero(keys > -np.inf))) if at_most else self.k
+        selected = merge_top_k([(ids, keys)], k)
         order = np.argsort(ids)
         return selected, shards[order[np.searchsorted(ids, selected, sorter=order)]]

@@ -103,18 +103,17 @@ def pool_from_images(images: np.ndarray, **info: object) -> UnlabeledPool:
 
 
 def open_sample_set_source(spec: SourceSpec, image_shape: tuple[int, ...]) -> SampleSet:
-    """Open a ``set`` or ``weighted`` source (manifest only) and check it fits the labelled data."""
+    """Open a ``set`` or ``weighted`` source, check it fits the labelled data, then check its shards
+    (hashes, columns, image sizes, ids: :meth:`SampleSet.check`)."""
     if spec.kind not in (SET, WEIGHTED):
         raise ValueError(f"source {spec} is not a sample set")
     sample_set = SampleSet(spec.path)
     if tuple(sample_set.shape) != tuple(image_shape):
         raise ValueError(f"{spec.path}: images are {sample_set.shape}, the labelled dataset's are {tuple(image_shape)}")
-    if spec.kind == WEIGHTED:
-        if COPIES in sample_set.columns:
-            raise ValueError(f"{spec.path}: 'weighted:' expects a plain weighted set, but this one has a "
-                             f"'{COPIES}' column (it was resampled); pass it without 'weighted:'")
-        sample_set.require_columns(LOG_WEIGHT)
-    return sample_set
+    if spec.kind == WEIGHTED and COPIES in sample_set.columns:
+        raise ValueError(f"{spec.path}: 'weighted:' expects a plain weighted set, but this one has a "
+                         f"'{COPIES}' column (it was resampled); pass it without 'weighted:'")
+    return sample_set.check((IMAGE, LOG_WEIGHT) if spec.kind == WEIGHTED else (IMAGE,))
 
 
 def load_sample_set_pool(spec: SourceSpec, image_shape: tuple[int, ...], *, weight_alpha: float = 1.0) -> UnlabeledPool:

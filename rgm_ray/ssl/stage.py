@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rgm_ray.data import load_dataset
+from rgm_ray.data import ImageDataset, load_dataset
 from rgm_ray.models.resnet import ResNet, ResNetConfig
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.ssl.labels import balanced_label_subset, split_train_val
-from rgm_ray.ssl.sources import NONE, REAL, SourceSpec, load_sample_set_pool, pool_from_images
+from rgm_ray.ssl.sources import NONE, REAL, SourceSpec, UnlabeledPool, load_sample_set_pool, pool_from_images
 from rgm_ray.ssl.trainer import DEFAULT_VAL_SIZE, EpochCallback, SSLConfig, SSLData, train_ssl
 from rgm_ray.store.atomic import ArtefactExistsError, atomic_write_json
 from rgm_ray.tracking import NullTracker, Tracker
@@ -73,8 +73,17 @@ def select_indices(train_labels: np.ndarray, n_test: int, config: SSLConfig) -> 
 
 def load_ssl_data(dataset: str, source: SourceSpec, config: SSLConfig, *, root: str | Path | None = None) -> SSLData:
     """Read the real splits and the unlabelled source into memory."""
-    train = load_dataset(dataset, "train", root)
-    test = load_dataset(dataset, "test", root)
+    return ssl_data(load_dataset(dataset, "train", root), load_dataset(dataset, "test", root), source, config)
+
+
+def ssl_data(train: ImageDataset, test: ImageDataset, source: SourceSpec, config: SSLConfig,
+             pool: UnlabeledPool | None = None) -> SSLData:
+    """One run's data from real splits already in memory (a sweep reads them once for all its trials).
+
+    A sample-set source's images are ``pool`` when given (read once per sweep), else read here.
+    Inputs may be read-only (mapped from Ray's object store): the splits are copied out of them and
+    the trainer only gathers batches from a pool, never writes to it.
+    """
     splits = select_indices(train.labels, len(test), config)
     if source.kind == NONE:
         unlabeled = None
@@ -83,7 +92,8 @@ def load_ssl_data(dataset: str, source: SourceSpec, config: SSLConfig, *, root: 
         idx = splits.labeled if reuse else splits.remainder
         unlabeled = pool_from_images(train.images[idx], reuses_labeled=reuse)
     else:
-        unlabeled = load_sample_set_pool(source, train.shape, weight_alpha=config.weight_alpha)
+        unlabeled = pool if pool is not None else load_sample_set_pool(source, train.shape,
+                                                                       weight_alpha=config.weight_alpha)
     return SSLData(labeled_x=train.images[splits.labeled], labeled_y=train.labels[splits.labeled],
                    val_x=train.images[splits.val], val_y=train.labels[splits.val],
                    test_x=test.images[splits.test], test_y=test.labels[splits.test],
@@ -93,16 +103,20 @@ def load_ssl_data(dataset: str, source: SourceSpec, config: SSLConfig, *, root: 
 def run_ssl(dataset: str, source: SourceSpec, config: SSLConfig, *, root: str | Path | None = None,
             source_name: str | None = None, out: str | Path | None = None, overwrite: bool = False,
             device: torch.device | None = None, tracker: Tracker | None = None,
-            progress: Callable[..., Any] | None = None, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+            progress: Callable[..., Any] | None = None, on_epoch: EpochCallback | None = None,
+            data: SSLData | None = None) -> dict[str, Any]:
     """Train and evaluate one semi-supervised classifier; write ``out/metrics.json`` when ``out`` is given.
 
-    An existing ``metrics.json`` is refused unless ``overwrite`` (checked before any training).
+    An existing ``metrics.json`` is refused unless ``overwrite`` (checked before any training). ``data``
+    is the run's data already in memory (:func:`ssl_data`; a sweep's trials share their inputs), else it
+    is read from ``dataset`` / ``root`` and ``source``.
     """
     tracker = tracker or NullTracker()
     metrics_path = Path(out) / METRICS_JSON if out is not None else None
     if metrics_path is not None and metrics_path.exists() and not overwrite:
         raise ArtefactExistsError(f"{metrics_path} already exists; pass --overwrite to replace it")
-    data = load_ssl_data(dataset, source, config, root=root)
+    if data is None:
+        data = load_ssl_data(dataset, source, config, root=root)
     model = ResNet(ResNetConfig(in_channels=data.labeled_x.shape[1], num_classes=data.num_classes), seed=config.seed)
     unlabeled_info = {} if data.unlabeled is None else dict(data.unlabeled.info)
     tracker.log_params({"sizes": data.sizes(), "unlabeled_info": unlabeled_info})

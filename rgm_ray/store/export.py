@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from rgm_ray.data import ImageDataset
+from rgm_ray.store.lock import output_lock
 from rgm_ray.store.manifest import Manifest, provenance
 from rgm_ray.store.schema import make_table
 from rgm_ray.store.writer import SampleSetWriter
@@ -28,8 +29,8 @@ def export_dataset(dataset: ImageDataset, out: str | Path, *, shard_size: int = 
     source = dataset_source(dataset)
     info = {"dataset": dataset.name, "split": dataset.split, "read_from": dataset.source}
     starts = range(0, len(dataset), shard_size)
-    with SampleSetWriter(out, source=source, overwrite=overwrite,
-                         prov=provenance(command), info=info) as writer:
+    with output_lock(out, command=command), SampleSetWriter(out, source=source, overwrite=overwrite,
+                                                            prov=provenance(command), info=info) as writer:
         for start in (progress(starts) if progress else starts):
             stop = min(start + shard_size, len(dataset))
             writer.write(make_table(np.arange(start, stop), dataset.images[start:stop],

@@ -34,6 +34,7 @@ from rgm_ray.results import StageResult
 from rgm_ray.store.atomic import sha256_file
 from rgm_ray.store.completion import check_not_inside
 from rgm_ray.store.export import DEFAULT_SHARD_SIZE
+from rgm_ray.store.lock import output_lock
 from rgm_ray.store.manifest import provenance
 from rgm_ray.store.schema import Shape, decode_images, format_shape, make_table
 from rgm_ray.store.writer import SampleSetWriter
@@ -108,23 +109,24 @@ def import_samples(spec: ImportSpec, *, overwrite: bool = False, command: str | 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     check_not_inside(spec.out, [path])
-    rules = _ImageRules(spec.resize, spec.grayscale)
-    opened = _open(path, spec, rules)
-    if opened.count == 0:
-        raise ValueError(f"{path}: no images to import")
-    source, conversions = f"import:{opened.kind}:sha256:{opened.sha256}", rules.describe()
-    facts = {"path": str(path.resolve()), "kind": opened.kind, "sha256": opened.sha256,
-             "conversions": conversions, **opened.info}
-    starts = range(0, opened.count, spec.shard_size)
-    with SampleSetWriter(spec.out, source=source, overwrite=overwrite, prov=provenance(command),
-                         info={"import": facts}) as writer:
-        for start in (progress(starts) if progress else starts):
-            stop = min(start + spec.shard_size, opened.count)
-            writer.write(make_table(np.arange(start, stop), opened.read(start, stop), None, source=source))
-    manifest = writer.manifest
-    assert manifest is not None
-    return ImportResult(out=spec.out, kind=opened.kind, num_samples=manifest.num_rows, shards=len(manifest.shards),
-                        shape=manifest.shape, source=source, conversions=tuple(conversions))
+    with output_lock(spec.out, command=command):
+        rules = _ImageRules(spec.resize, spec.grayscale)
+        opened = _open(path, spec, rules)
+        if opened.count == 0:
+            raise ValueError(f"{path}: no images to import")
+        source, conversions = f"import:{opened.kind}:sha256:{opened.sha256}", rules.describe()
+        facts = {"path": str(path.resolve()), "kind": opened.kind, "sha256": opened.sha256,
+                 "conversions": conversions, **opened.info}
+        starts = range(0, opened.count, spec.shard_size)
+        with SampleSetWriter(spec.out, source=source, overwrite=overwrite, prov=provenance(command),
+                             info={"import": facts}) as writer:
+            for start in (progress(starts) if progress else starts):
+                stop = min(start + spec.shard_size, opened.count)
+                writer.write(make_table(np.arange(start, stop), opened.read(start, stop), None, source=source))
+        manifest = writer.manifest
+        assert manifest is not None
+        return ImportResult(out=spec.out, kind=opened.kind, num_samples=manifest.num_rows, shards=len(manifest.shards),
+                            shape=manifest.shape, source=source, conversions=tuple(conversions))
 
 
 def _open(path: Path, spec: ImportSpec, rules: _ImageRules) -> _Source:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -11,13 +12,14 @@ import pyarrow.parquet as pq
 
 from rgm_ray.store.manifest import Manifest, read_manifest, shard_path
 from rgm_ray.store.schema import IMAGE, decode_images
+from rgm_ray.store.verify import ShardMapper, set_problems
 
 Batch = dict[str, np.ndarray]
 
 
 class SampleSet:
     """A finished sample set on disk. Opening checks the manifest and that every shard exists;
-    ``rgm data verify`` does the full (hashing) check."""
+    :meth:`check` (what ``rgm data verify`` runs) checks the shards themselves, hashes included."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -58,6 +60,30 @@ class SampleSet:
             raise ValueError(f"{self.path}: sample set has no column(s) {', '.join(missing)} "
                              f"(columns: {', '.join(self.columns)})")
 
+    def check(self, columns: Sequence[str] = (), *, map_shards: ShardMapper | None = None) -> "SampleSet":
+        """This set, once it has the ``columns`` a stage needs and passes ``rgm data verify``'s check.
+
+        A stage calls it once, before its first read (hashing every shard costs a full read of the set,
+        so reads do not repeat it). ``map_shards`` runs the per-shard part elsewhere, e.g. as parallel
+        Ray tasks (``ShardRunner.map``); by default it runs here. The error is one line naming the file.
+        """
+        self.require_columns(*columns)
+        problems = set_problems(self.path, self.manifest, map_shards=map_shards)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise ValueError(f"{self.path / problems[0].file}: {problems[0].message}{more}; "
+                             f"'rgm data verify {self.path}' lists every problem")
+        return self
+
+    @contextlib.contextmanager
+    def _reading(self, path: Path) -> Iterator[None]:
+        """Turn pyarrow's errors on a damaged shard (a set read without :meth:`check`) into one line naming it."""
+        try:
+            yield
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{path}: not readable as Parquet ({' '.join(str(exc).split())}); "
+                             f"'rgm data verify {self.path}' lists every problem") from exc
+
     def _to_batch(self, table: pa.Table) -> Batch:
         out: Batch = {}
         for name in table.column_names:
@@ -70,7 +96,9 @@ class SampleSet:
         if columns is not None:
             self.require_columns(*columns)
         for path in self.shard_paths:
-            yield pq.read_table(path, columns=list(columns) if columns else None)
+            with self._reading(path):
+                table = pq.read_table(path, columns=list(columns) if columns else None)
+            yield table
 
     def iter_batches(self, batch_size: int = 1024, columns: Sequence[str] | None = None) -> Iterator[Batch]:
         """Numpy batches of at most ``batch_size`` rows; ``image`` decoded to uint8 [n, C, H, W]."""
@@ -79,8 +107,14 @@ class SampleSet:
         if columns is not None:
             self.require_columns(*columns)
         for path in self.shard_paths:
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size,
-                                                                  columns=list(columns) if columns else None):
+            with self._reading(path):
+                batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size,
+                                                            columns=list(columns) if columns else None)
+            while True:
+                with self._reading(path):
+                    record_batch = next(batches, None)
+                if record_batch is None:
+                    break
                 yield self._to_batch(pa.Table.from_batches([record_batch]))
 
     def read(self, columns: Sequence[str] | None = None) -> Batch:

@@ -21,6 +21,7 @@ UNLABELED = -1  # label of generated images
 
 META_SHAPE = b"rgm.shape"
 META_SOURCE = b"rgm.source"
+META_PLAN = b"rgm.plan"  # generated shards: digest of the generation plan that drew them
 
 BASE_FIELDS = (pa.field(SAMPLE_ID, pa.int64(), nullable=False),
                pa.field(IMAGE, pa.binary(), nullable=False),
@@ -38,7 +39,7 @@ def format_shape(shape: Shape) -> str:
 def parse_shape(text: str | bytes) -> Shape:
     """``"1,28,28"`` -> ``(1, 28, 28)``; raises ValueError on anything else."""
     if isinstance(text, bytes):
-        text = text.decode()
+        text = text.decode(errors="replace")
     parts = text.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"bad image shape {text!r}; expected 'C,H,W' with positive integers")
@@ -80,14 +81,12 @@ def make_table(sample_ids: np.ndarray, images: np.ndarray, labels: np.ndarray | 
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
-def decode_images(column: pa.ChunkedArray | pa.Array, shape: Shape) -> np.ndarray:
-    """Binary image column -> uint8 [n, C, H, W] without a Python loop; checks every length."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+def image_offsets(column: pa.Array, shape: Shape) -> np.ndarray:
+    """The ``[n + 1]`` byte offsets of a binary image column; ValueError unless every image has C*H*W bytes."""
     size = int(np.prod(shape))
     n = len(column)
     if n == 0:
-        return np.empty((0, *shape), np.uint8)
+        return np.zeros(1, np.int32)
     if column.null_count:
         raise ValueError(f"{column.null_count} null images")
     offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
@@ -95,8 +94,19 @@ def decode_images(column: pa.ChunkedArray | pa.Array, shape: Shape) -> np.ndarra
     if not np.all(lengths == size):
         bad = int(np.flatnonzero(lengths != size)[0])
         raise ValueError(f"image {bad} has {lengths[bad]} bytes, expected {size} for shape {shape}")
+    return offsets
+
+
+def decode_images(column: pa.ChunkedArray | pa.Array, shape: Shape) -> np.ndarray:
+    """Binary image column -> uint8 [n, C, H, W] without a Python loop; checks every length."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if n == 0:
+        return np.empty((0, *shape), np.uint8)
+    offsets = image_offsets(column, shape)
     data = np.frombuffer(column.buffers()[2], dtype=np.uint8)
-    return data[offsets[0]: offsets[0] + n * size].reshape(n, *shape).copy()
+    return data[offsets[0]: offsets[0] + n * int(np.prod(shape))].reshape(n, *shape).copy()
 
 
 def table_shape(schema: pa.Schema) -> Shape:
@@ -104,4 +114,7 @@ def table_shape(schema: pa.Schema) -> Shape:
     meta = schema.metadata or {}
     if META_SHAPE not in meta:
         raise ValueError("schema has no 'rgm.shape' metadata; not an rgm_ray sample set")
-    return parse_shape(meta[META_SHAPE])
+    try:
+        return parse_shape(meta[META_SHAPE])
+    except ValueError as exc:
+        raise ValueError(f"schema metadata 'rgm.shape': {exc}") from exc

@@ -137,7 +137,7 @@ def load_sweep_config(path: str | Path, overrides: Iterable[str] = ()) -> SweepC
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "<file>", f"not valid YAML ({exc})") from exc
+        raise ConfigError(str(path), "<file>", f"not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "<file>", "must be a YAML mapping of the keys " + ", ".join(TOP_LEVEL))
     return sweep_config_from_dict(apply_overrides(raw, overrides, f"{path} (--set)"), origin=str(path))

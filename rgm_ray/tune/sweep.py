@@ -5,7 +5,14 @@ for every trial and, with a scheduler, stopping trials early on per-epoch valida
 (ASHA). Each trial opens its MLflow run *inside* the trainable with ``setup_mlflow`` (so figures
 and ``metrics.json`` are logged as artefacts from the worker) under one experiment the driver
 creates first: the SQLite schema is set up once, before trials write to it concurrently. On a
-multi-node cluster both ``out`` and the tracking URI must be reachable from every node.
+multi-node cluster both ``out`` (trials write their ``metrics.json`` into it) and the tracking URI
+must be reachable from every node.
+
+Trials are cheap to start, because their fixed costs are paid once per sweep, not per trial: the
+driver reads the real splits and every used sample set once (:class:`SweepData`, shared through
+Ray's object store), and Tune reuses each trial's actor for the next trial, so a worker starts,
+imports torch and MLflow and warms up the optimiser once. Neither changes a result: a trial builds
+the same arrays from the shared data, and its RNGs are all seeded per trial (see ``ssl.trainer``).
 
 Ray is imported lazily so ``rgm --help`` stays fast.
 """
@@ -16,17 +23,20 @@ import contextlib
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.data import load_dataset
+import numpy as np
+
+from rgm_ray.data import ImageDataset, load_dataset
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import init_ray
-from rgm_ray.ssl.sources import NONE, REAL, open_sample_set_source
+from rgm_ray.ssl.sources import NONE, REAL, UnlabeledPool, load_sample_set_pool
 from rgm_ray.ssl.stage import select_indices
 from rgm_ray.ssl.trainer import KEY_BEST_EPOCH, KEY_BEST_VAL_ACC, KEY_EPOCH, KEY_TEST_ACC, KEY_TEST_ACC_LAST, KEY_VAL_ACC
 from rgm_ray.store.atomic import ArtefactExistsError
+from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import default_tracking_uri
 from rgm_ray.tune.config import SweepConfig
 from rgm_ray.tune.results import COMPLETED, ERROR, STOPPED, SUMMARY_MD, write_results
@@ -46,13 +56,40 @@ class TrialSetup:
 
     sweep: str
     dataset: str
-    root: str | None
     train: dict[str, Any]
     sources: dict[str, str]  # name -> source string with absolute paths
+    trials_dir: str  # Tune's experiment directory under ``out``; <trials_dir>/<trial name>/metrics.json
     tracking_uri: str | None  # None: no MLflow
     experiment_id: str | None
     threads: int
     use_gpu: bool
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """The data trials train on, read once on the driver. ``tune.with_parameters`` puts it in Ray's
+    object store once per sweep, and every trial maps it from there (zero-copy, read-only) instead of
+    reading and decoding the files again."""
+
+    train: ImageDataset
+    test: ImageDataset
+    pools: dict[str, UnlabeledPool]  # used sample-set sources, by name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling (so the object store) gives arrays canonical strides, but the stride of a size-1
+        # axis decides whether torch takes a batch for channels-last, which changes how convolutions
+        # round: load_dataset's Fashion-MNIST images [N, 1, 28, 28] have stride 0 on the channel axis.
+        # So each image array travels with its strides, restored on arrival.
+        strides = [holder.images.strides for holder in (self.train, self.test, *self.pools.values())]
+        return _unpickle_sweep_data, (self.train, self.test, self.pools, strides)
+
+
+def _unpickle_sweep_data(train: ImageDataset, test: ImageDataset, pools: dict[str, UnlabeledPool],
+                         strides: list[tuple[int, ...]]) -> SweepData:
+    """:class:`SweepData` with its image arrays' original strides (only size-1 axes' can differ)."""
+    train, test, *rest = (replace(holder, images=np.lib.stride_tricks.as_strided(holder.images, strides=s))
+                          for holder, s in zip((train, test, *pools.values()), strides))
+    return SweepData(train, test, dict(zip(pools, rest)))
 
 
 def trial_name(cell: dict[str, Any]) -> str:
@@ -64,14 +101,14 @@ def _tune_trial_name(trial: Any) -> str:
     return trial_name(trial.config["cell"])
 
 
-def _run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+def _run_trial(config: dict[str, Any], setup: TrialSetup, data: SweepData) -> None:
     """The Tune trainable: train one cell, reporting every epoch to Tune and MLflow."""
     import torch
     from ray import tune
 
     from rgm_ray.runtime import set_torch_threads
     from rgm_ray.ssl.sources import parse_source
-    from rgm_ray.ssl.stage import run_ssl
+    from rgm_ray.ssl.stage import run_ssl, ssl_data
     from rgm_ray.ssl.trainer import SSLConfig
     from rgm_ray.tracking import NullTracker, Tracker
 
@@ -82,7 +119,8 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     set_torch_threads(setup.threads)
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
     name = trial_name(cell)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    # Not tune.get_context().get_trial_dir(): in a reused actor that is a local directory Tune never syncs.
+    trial_dir = Path(setup.trials_dir) / name
     mlflow = None
     if setup.tracking_uri is not None:
         from ray.air.integrations.mlflow import setup_mlflow
@@ -103,8 +141,9 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     status = "FAILED"
     try:
-        run_ssl(setup.dataset, source, ssl_config, root=setup.root, source_name=cell["source"], out=trial_dir,
-                overwrite=True, device=device, tracker=tracker, on_epoch=report)
+        run_ssl(setup.dataset, source, ssl_config, source_name=cell["source"], out=trial_dir, overwrite=True,
+                device=device, tracker=tracker, on_epoch=report,
+                data=ssl_data(data.train, data.test, source, ssl_config, data.pools.get(cell["source"])))
         status = "FINISHED"
     except SystemExit:  # Tune stops a trial by raising SystemExit inside tune.report
         status = "KILLED"
@@ -115,23 +154,26 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     tune.report(final)
 
 
-def _check_inputs(config: SweepConfig) -> dict[str, str]:
-    """Fail before starting Ray: every used source opens, every label count fits; returns resolved sources."""
+def read_inputs(config: SweepConfig) -> tuple[dict[str, str], SweepData]:
+    """Fail before starting Ray: every used source reads, every label count fits. Returns the resolved
+    sources (name -> source string) and the data the trials share."""
     train = load_dataset(config.dataset, "train", config.root)
-    n_test = len(load_dataset(config.dataset, "test", config.root))
+    test = load_dataset(config.dataset, "test", config.root)
     for labels in config.grid["labels"]:
-        select_indices(train.labels, n_test, config.ssl_config({"labels": labels, "sl_weight": 0.0, "seed": 0}))
+        select_indices(train.labels, len(test), config.ssl_config({"labels": labels, "sl_weight": 0.0, "seed": 0}))
     used = config.used_sources()
+    weight_alpha = config.ssl_config(config.cells()[0]).weight_alpha  # a train setting: one value for all cells
     resolved: dict[str, str] = {}
+    pools: dict[str, UnlabeledPool] = {}
     for name, spec in config.sources.items():
         spec = spec.resolved()
         resolved[name] = str(spec)
         if name in used and spec.kind not in (NONE, REAL):
             try:
-                open_sample_set_source(spec, train.shape)
+                pools[name] = load_sample_set_pool(spec, train.shape, weight_alpha=weight_alpha)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"source '{name}' ({spec}): {exc}") from exc
-    return resolved
+    return resolved, SweepData(train, test, pools)
 
 
 def _ensure_experiment(tracking_uri: str, name: str) -> str:
@@ -195,52 +237,54 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
     from ray.tune.schedulers import ASHAScheduler
 
     out = Path(out or config.out_dir).expanduser().resolve()
-    if (out / SUMMARY_MD).exists() and not overwrite:
-        raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
-    sources = _check_inputs(config)
-    tracking_uri = (config.tracking_uri or default_tracking_uri()) if track else None
-    experiment_id = _ensure_experiment(tracking_uri, config.experiment_name) if tracking_uri else None
-    resources = config.resources
-    root = str(Path(config.root).expanduser().resolve()) if config.root else None  # workers may run elsewhere
-    setup = TrialSetup(sweep=config.name, dataset=config.dataset, root=root, train=dict(config.train),
-                       sources=sources, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                       threads=max(1, int(resources["cpu"])), use_gpu=resources["gpu"] > 0)
-    scheduler = None
-    if config.scheduler is not None:
-        scheduler = ASHAScheduler(time_attr=KEY_EPOCH, max_t=config.ssl_config(config.cells()[0]).epochs,
-                                  grace_period=config.scheduler.grace_period,
-                                  reduction_factor=config.scheduler.reduction_factor)
-    storage = out / RAY_RESULTS
-    if overwrite and (storage / config.name).exists():
-        shutil.rmtree(storage / config.name)
-    cells = config.cells()
-    init_ray(address)
-    started = time.perf_counter()
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_run_trial, setup=setup), resources),
-        param_space={"cell": tune.grid_search(cells)},
-        tune_config=tune.TuneConfig(metric=KEY_VAL_ACC, mode="max", scheduler=scheduler,
-                                    max_concurrent_trials=config.max_concurrent_trials,
-                                    trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name),
-        run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=0),
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
-        grid = tuner.fit()
-    seconds = time.perf_counter() - started
-    rows = sorted((_row(result) for result in grid), key=lambda r: cells.index(
-        {k: r[k] for k in ("labels", "source", "sl_weight", "seed")}))
-    counts = {status: sum(r["status"] == status for r in rows) for status in (COMPLETED, STOPPED, ERROR)}
-    if counts[COMPLETED] == 0:
-        first = next((r["error"] for r in rows if r["error"]), "no trial reported a test accuracy")
-        raise SweepFailedError(f"sweep '{config.name}': no trial completed ({counts[ERROR]} failed; first error: "
-                               f"{first}); Tune logs under {storage / config.name}")
-    tables = write_results(out, rows, title=f"Sweep '{config.name}' ({config.dataset})", reference=config.compare_to)
-    return SweepResult(out=str(out), metrics={"seconds": seconds, **{k: float(v) for k, v in counts.items()}},
-                       sweep=config.name, trials=len(rows), tracking_uri=tracking_uri,
-                       experiment=config.experiment_name if tracking_uri else None, resources_per_trial=resources,
-                       best=tables["best"], selected=tables["selected"], files=tables["files"],
-                       ray_results=str(storage / config.name),
-                       scheduler=None if config.scheduler is None else asdict(config.scheduler))
+    with output_lock(out):
+        if (out / SUMMARY_MD).exists() and not overwrite:
+            raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
+        sources, data = read_inputs(config)
+        tracking_uri = (config.tracking_uri or default_tracking_uri()) if track else None
+        experiment_id = _ensure_experiment(tracking_uri, config.experiment_name) if tracking_uri else None
+        resources = config.resources
+        storage = out / RAY_RESULTS
+        setup = TrialSetup(sweep=config.name, dataset=config.dataset, train=dict(config.train),
+                           sources=sources, trials_dir=str(storage / config.name), tracking_uri=tracking_uri,
+                           experiment_id=experiment_id, threads=max(1, int(resources["cpu"])),
+                           use_gpu=resources["gpu"] > 0)
+        scheduler = None
+        if config.scheduler is not None:
+            scheduler = ASHAScheduler(time_attr=KEY_EPOCH, max_t=config.ssl_config(config.cells()[0]).epochs,
+                                      grace_period=config.scheduler.grace_period,
+                                      reduction_factor=config.scheduler.reduction_factor)
+        if overwrite and (storage / config.name).exists():
+            shutil.rmtree(storage / config.name)
+        cells = config.cells()
+        init_ray(address)
+        started = time.perf_counter()
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_run_trial, setup=setup, data=data), resources),
+            param_space={"cell": tune.grid_search(cells)},
+            tune_config=tune.TuneConfig(metric=KEY_VAL_ACC, mode="max", scheduler=scheduler,
+                                        max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
+                                        trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name),
+            run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=0),
+        )
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
+            grid = tuner.fit()
+        seconds = time.perf_counter() - started
+        rows = sorted((_row(result) for result in grid), key=lambda r: cells.index(
+            {k: r[k] for k in ("labels", "source", "sl_weight", "seed")}))
+        counts = {status: sum(r["status"] == status for r in rows) for status in (COMPLETED, STOPPED, ERROR)}
+        if counts[COMPLETED] == 0:
+            first = next((r["error"] for r in rows if r["error"]), "no trial reported a test accuracy")
+            raise SweepFailedError(f"sweep '{config.name}': no trial completed ({counts[ERROR]} failed; first error: "
+                                   f"{first}); Tune logs under {storage / config.name}")
+        tables = write_results(out, rows, title=f"Sweep '{config.name}' ({config.dataset})",
+                               reference=config.compare_to)
+        return SweepResult(out=str(out), metrics={"seconds": seconds, **{k: float(v) for k, v in counts.items()}},
+                           sweep=config.name, trials=len(rows), tracking_uri=tracking_uri,
+                           experiment=config.experiment_name if tracking_uri else None, resources_per_trial=resources,
+                           best=tables["best"], selected=tables["selected"], files=tables["files"],
+                           ray_results=str(storage / config.name),
+                           scheduler=None if config.scheduler is None else asdict(config.scheduler))
 
 
 def is_complete(out: str | Path) -> bool:

@@ -3,7 +3,9 @@
 ``MLPHead`` is the thesis/LFIW estimator on frozen features: dense ``hidden`` (1000 in the thesis) ->
 ReLU -> 1 logit, with the training features' mean and scale baked in as buffers (Inception and
 domain features live on very different scales). ``ConvHead`` is the ``cnn`` backbone's classifier,
-trained end to end on the pixels. Both output one logit per image, ``[B]``, label 1 = real.
+trained end to end on the pixels. ``LogitHead`` has no parameters and is never trained: the
+``gan-discriminator`` backbone's one feature already is the logit. All output one logit per image,
+``[B]``, label 1 = real.
 
 Training is mini-batch BCE with Adam; the epoch with the lowest loss on the
 calibration slice is kept (LFIW kept the best-validation checkpoint too). All randomness -- initial
@@ -24,6 +26,7 @@ from torch.nn import functional as F
 
 from rgm_ray.models.resnet import preprocess
 from rgm_ray.seeding import torch_generator
+from rgm_ray.weigh.backbones import CNN, GAN_DISCRIMINATOR
 from rgm_ray.weigh.features import apply_in_chunks
 
 _STREAM_INIT, _STREAM_SHUFFLE = 0, 1
@@ -94,9 +97,20 @@ class ConvHead(nn.Module):
         return self.out(h.mean(dim=(2, 3))).squeeze(1)  # [B, 2w] -> [B]
 
 
+class LogitHead(nn.Module):
+    """The ``gan-discriminator`` head: ``[B, 1]`` -> ``[B]``, the discriminator's logit unchanged (nothing to fit)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
 def build_head(backbone_kind: str, feature_shape: tuple[int, ...], config: HeadConfig) -> nn.Module:
     """An untrained head for features of ``feature_shape`` (per example) from backbone ``backbone_kind``."""
-    if backbone_kind == "cnn":
+    if backbone_kind == GAN_DISCRIMINATOR:
+        if feature_shape != (1,):
+            raise ValueError(f"the discriminator's head needs one logit per image, got feature shape {feature_shape}")
+        return LogitHead()
+    if backbone_kind == CNN:
         if len(feature_shape) != 3:
             raise ValueError(f"the cnn head needs images [C, H, W], got feature shape {feature_shape}")
         return ConvHead(feature_shape[0], config.conv_width)

@@ -68,6 +68,15 @@ def _check_folds(folds: object) -> None:
         raise ValueError(f"folds must be an integer >= 2 (cross-fitting needs a held-out fold), got {folds!r}")
 
 
+def check_plan_settings(folds: object, calibration_fraction: object, max_per_class: object) -> None:
+    """The settings of :func:`plan_crossfit` that need no ids, so a stage can refuse them before any work."""
+    _check_folds(folds)
+    if not (isinstance(calibration_fraction, (int, float)) and 0.0 < calibration_fraction < 1.0):
+        raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction!r}")
+    if max_per_class is not None and max_per_class < 2 * folds:
+        raise ValueError(f"max_per_class={max_per_class} is too small for {folds} folds")
+
+
 def _keep_lowest_priority(ids: np.ndarray, n: int, *, seed: int, role: int) -> np.ndarray:
     """The ``n`` ids with the smallest seeded priority, returned sorted."""
     if n >= ids.size:
@@ -132,11 +141,7 @@ def plan_crossfit(real_ids: object, gen_ids: object, *, folds: int = 2, seed: in
                   calibration_fraction: float = 0.2, max_per_class: int | None = None,
                   real_name: str = "real", gen_name: str = "generated") -> CrossFitPlan:
     """Split balanced real and generated ids into ``folds`` train / calibration / test parts (see module doc)."""
-    _check_folds(folds)
-    if not 0.0 < calibration_fraction < 1.0:
-        raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction!r}")
-    if max_per_class is not None and max_per_class < 2 * folds:
-        raise ValueError(f"max_per_class={max_per_class} is too small for {folds} folds")
+    check_plan_settings(folds, calibration_fraction, max_per_class)
     real = _unique_ids(real_ids, real_name)
     gen = _unique_ids(gen_ids, gen_name)
     n = min(real.size, gen.size, max_per_class or real.size)

@@ -43,7 +43,7 @@ class HeldOut:
     logits: np.ndarray
     labels: np.ndarray
     temperature: float
-    best_epoch: int
+    best_epoch: int | None  # None: no head was trained (gan-discriminator)
     sizes: dict[str, int]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from rgm_ray.data import ImageDataset
 from rgm_ray.seeding import numpy_rng
-from rgm_ray.store import IMAGE, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images, make_table, provenance
+from rgm_ray.store import IMAGE, LABEL, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images, make_table, provenance
 from rgm_ray.store.real import resolve_real
 
 REAL_SPLIT = "train"
@@ -93,12 +93,17 @@ def sample_set_pool(samples: SampleSet, name: str) -> ImagePool:
                      _parse_dataset_source(samples.source))
 
 
+def open_samples(path: str | Path) -> SampleSet:
+    """``--samples``: the set whose rows (ids, images, labels) the stage weighs and copies, checked once."""
+    return SampleSet(path).check((SAMPLE_ID, IMAGE, LABEL))
+
+
 def open_real(spec: str, root: str | Path | None = None) -> ImagePool:
-    """``--real``: a dataset name's train split, else a sample-set directory (:func:`resolve_real`)."""
+    """``--real``: a dataset name's train split, else a sample-set directory (:func:`resolve_real`), checked once."""
     real = resolve_real(spec, REAL_SPLIT, root)
     if real.dataset is not None:
         return dataset_pool(real.dataset)
-    return sample_set_pool(real.samples, f"--real {spec}")
+    return sample_set_pool(real.samples.check((SAMPLE_ID, IMAGE)), f"--real {spec}")
 
 
 def check_compatible(real: ImagePool, generated: ImagePool) -> None:

@@ -18,6 +18,13 @@ Leakage of the domain backbone: it is trained on labelled real images, and a cla
 "seen by the backbone" instead of "real". When the real pool is the backbone's own training split,
 the rows it was trained on (``train_images`` of its config) are removed from the real pool; if the
 backbone saw the whole split that is impossible and the report says so.
+
+``--backbone gan-discriminator --checkpoint DIR`` weighs with the GAN's own discriminator instead of a
+trained-for-purpose classifier: log w = D(x) / T, no head is fitted, and each fold's temperature is
+fitted on all of the other folds' rows (training and calibration parts alike, as nothing is trained
+on them). D was trained on the GAN's train split, but its folds use the weigh stage's real pool as
+usual; the same leakage rule applies (the GAN's ``train_images`` rows are removed when that pool is
+its training split, else the report notes that D saw every real image).
 """
 
 from __future__ import annotations
@@ -33,22 +40,25 @@ import torch
 from rgm_ray.configs import strict_from_dict
 from rgm_ray.models.checkpoint import read_checkpoint_config
 from rgm_ray.models.domain import DEFAULT_DOMAIN, DomainConfig, ensure_domain
+from rgm_ray.models.inception import inception_weights_file
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions, autodetect_device
 from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, SampleSet, SampleSetWriter, decode_images,
                            make_table, provenance)
 from rgm_ray.store import completion
 from rgm_ray.store.completion import check_not_inside, mark_complete, stage_output
+from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import NullTracker, Tracker
-from rgm_ray.weigh.backbones import BackboneSpec, build_backbone
+from rgm_ray.weigh.backbones import GAN_DISCRIMINATOR, BackboneSpec, build_backbone
 from rgm_ray.weigh.calibration import DEFAULT_BINS, KEY_ACCURACY, KEY_ECE, fit_temperature
 from rgm_ray.weigh.classifier import HeadConfig, build_head, train_head
-from rgm_ray.weigh.crossfit import CrossFitPlan, plan_crossfit
+from rgm_ray.weigh.crossfit import CrossFitPlan, check_plan_settings, plan_crossfit
 from rgm_ray.weigh.diagnostics import (AFTER, BEFORE, CALIBRATION_JSON, ESS_ALPHA_PNG, HISTOGRAM_PNG, RELIABILITY_PNG,
                                        WEIGHTS_SUMMARY_JSON, HeldOut, calibration_metrics_to_log, calibration_report,
                                        write_calibration, write_weight_diagnostics)
 from rgm_ray.weigh.features import DEFAULT_CHUNK, cached_features, extract_features, feature_cache_key
-from rgm_ray.weigh.inputs import ImagePool, check_compatible, open_real, sample_set_pool, write_noise_set
+from rgm_ray.weigh.inputs import (ImagePool, check_compatible, open_real, open_samples, sample_set_pool,
+                                  write_noise_set)
 from rgm_ray.weigh.scoring import Scores, ScoringOptions, score_sample_set
 from rgm_ray.weigh.transforms import KEY_ESS, KEY_ESS_FRAC, KEY_MAX_SHARE
 from rgm_ray.weigh.weigher import WeigherConfig, apply_temperature, head_logits, save_weigher
@@ -73,6 +83,7 @@ class WeighConfig:
     backbone: str = "domain"
     domain_checkpoint: str | None = None
     inception_weights: str | None = None
+    gan_checkpoint: str | None = None  # the GAN checkpoint directory of --backbone gan-discriminator
     folds: int = 2
     calibration: str = "temperature"
     calibration_fraction: float = 0.2
@@ -92,6 +103,14 @@ class WeighConfig:
             raise ValueError(f"--domain-checkpoint only applies to --backbone domain, not {self.backbone!r}")
         if self.backbone != "inception" and self.inception_weights is not None:
             raise ValueError(f"--inception-weights only applies to --backbone inception, not {self.backbone!r}")
+        if self.backbone != GAN_DISCRIMINATOR and self.gan_checkpoint is not None:
+            raise ValueError(f"--checkpoint only applies to --backbone {GAN_DISCRIMINATOR}, not {self.backbone!r}")
+        check_plan_settings(self.folds, self.calibration_fraction, self.max_per_class)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The checkpoint directories the stage reads (``--out`` must not lie inside them)."""
+        return [path for path in (self.domain_checkpoint, self.gan_checkpoint) if path]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WeighConfig":
@@ -104,9 +123,46 @@ class WeighConfig:
         return strict_from_dict(cls, d, "weigh")
 
 
+def _without_training_rows(real: ImagePool, trained_on: str | None, train_images: int | None, network: str,
+                           risk: str) -> tuple[ImagePool, list[str]]:
+    """The real pool minus the rows ``network`` was trained on (the first ``train_images`` of dataset
+    ``trained_on``'s train split; all of them when None), and a note for the report."""
+    if real.dataset is None or real.dataset != (trained_on, "train"):
+        return real, []
+    if train_images is None:
+        return real, [f"{network} saw every image of {real.name}: {risk}"]
+    real = real.without(np.arange(int(train_images)), f"the {train_images} images {network} was trained on")
+    return real, [f"excluded the {train_images} real images {network} was trained on"]
+
+
+def _check_backbone_inputs(config: WeighConfig) -> None:
+    """A backbone's missing flag or file, refused before anything is written (contents are checked on use)."""
+    if config.backbone == "inception":
+        inception_weights_file(config.inception_weights, needed_by="--backbone inception")
+    elif config.backbone == GAN_DISCRIMINATOR:
+        BackboneSpec(GAN_DISCRIMINATOR, config.gan_checkpoint)  # reads the checkpoint's config.json only
+    elif config.domain_checkpoint is not None:
+        read_checkpoint_config(config.domain_checkpoint)
+
+
+def _resolve_discriminator(config: WeighConfig, real: ImagePool) -> tuple[BackboneSpec, ImagePool, list[str]]:
+    """The GAN checkpoint's discriminator as the scorer; its image shape must be the pools' one."""
+    spec = BackboneSpec(GAN_DISCRIMINATOR, config.gan_checkpoint and str(Path(config.gan_checkpoint).resolve()))
+    if spec.image_shape != real.shape:
+        raise ValueError(f"--checkpoint {config.gan_checkpoint}: the GAN's discriminator takes images of shape "
+                         f"{spec.image_shape}, but the images to weigh have {real.shape}")
+    record = read_checkpoint_config(spec.path)
+    real, notes = _without_training_rows(
+        real, record.get("dataset"), (record.get("train_config") or {}).get("train_images"), "the GAN's discriminator",
+        "it may be more confident on them than on unseen real images, and its temperatures are fitted on them")
+    return spec, real, notes
+
+
 def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, device, tracker: Tracker,
                       progress) -> tuple[BackboneSpec, ImagePool, list[str]]:
     """The backbone spec, the real pool without the backbone's training rows, and notes for the report."""
+    if config.backbone == GAN_DISCRIMINATOR:
+        return _resolve_discriminator(config, real)
     if config.backbone == "inception":
         weights = config.inception_weights and str(Path(config.inception_weights).resolve())
         return BackboneSpec("inception", weights), real, []
@@ -123,17 +179,10 @@ def _resolve_backbone(config: WeighConfig, real: ImagePool, out: Path, *, root, 
         notes.append(f"trained the domain backbone into {path} ({asdict(config.domain)})" if domain.trained
                      else f"reused the domain backbone in {path}")
     record = read_checkpoint_config(path)
-    trained_on = record.get("dataset")
-    train_images = (record.get("domain_config") or {}).get("train_images")
-    if real.dataset is not None and real.dataset == (trained_on, "train"):
-        if train_images is None:
-            notes.append(f"the domain backbone saw every image of {real.name}: real features may look 'familiar' "
-                         "to the classifier; prefer a backbone trained on a subset")
-        else:
-            real = real.without(np.arange(int(train_images)), f"the {train_images} images the domain backbone "
-                                                             "was trained on")
-            notes.append(f"excluded the {train_images} real images the domain backbone was trained on")
-    return BackboneSpec("domain", str(path.resolve())), real, notes  # absolute: the scorers run elsewhere
+    real, excluded = _without_training_rows(
+        real, record.get("dataset"), (record.get("domain_config") or {}).get("train_images"), "the domain backbone",
+        "real features may look 'familiar' to the classifier; prefer a backbone trained on a subset")
+    return BackboneSpec("domain", str(path.resolve())), real, notes + excluded  # absolute: the scorers run elsewhere
 
 
 def _pool_features(pool: ImagePool, ids: np.ndarray, role: str, spec: BackboneSpec, backbone, *, cache_dir: Path,
@@ -155,7 +204,7 @@ def _rows(all_ids: np.ndarray, ids: np.ndarray) -> torch.Tensor:
 
 def _fit_folds(plan: CrossFitPlan, real_x: torch.Tensor, gen_x: torch.Tensor, spec: BackboneSpec,
                config: WeighConfig, *, device, progress) -> tuple[list[torch.nn.Module], list[HeldOut]]:
-    """Train, calibrate and test one head per fold on the cached features."""
+    """Train (unless the backbone scores by itself), calibrate and test one head per fold on the cached features."""
     heads, held_out = [], []
 
     def part(real_ids: np.ndarray, gen_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,17 +213,24 @@ def _fit_folds(plan: CrossFitPlan, real_x: torch.Tensor, gen_x: torch.Tensor, sp
         return x, y
 
     for split in plan.folds:
-        train, calib = part(split.train_real, split.train_gen), part(split.calib_real, split.calib_gen)
         head = build_head(spec.kind, tuple(real_x.shape[1:]), config.head)
-        fit = train_head(head, train, calib, config.head, seed=config.seed, fold=split.fold, device=device,
-                         progress=progress)
+        best_epoch, sizes = None, split.sizes()
+        if spec.fits_head:
+            train, calib = part(split.train_real, split.train_gen), part(split.calib_real, split.calib_gen)
+            best_epoch = train_head(head, train, calib, config.head, seed=config.seed, fold=split.fold,
+                                    device=device, progress=progress).best_epoch
+        else:  # nothing is trained, so every row outside fold k may fit model k's temperature
+            calib = part(np.concatenate([split.train_real, split.calib_real]),
+                         np.concatenate([split.train_gen, split.calib_gen]))
+            fitting = sizes["train_per_class"] + sizes["calibration_per_class"]
+            sizes.update(train_per_class=0, calibration_per_class=fitting)
         temperature = 1.0
         if config.calibration == "temperature":
             calib_logits = head_logits(head, calib[0], chunk=config.chunk, device=device)
             temperature = fit_temperature(calib_logits, calib[1].numpy() > 0.5)
         test_x, test_y = part(split.test_real, split.test_gen)
         held_out.append(HeldOut(split.fold, head_logits(head, test_x, chunk=config.chunk, device=device),
-                                test_y.numpy() > 0.5, temperature, fit.best_epoch, split.sizes()))
+                                test_y.numpy() > 0.5, temperature, best_epoch, sizes))
         heads.append(head)
     return heads, held_out
 
@@ -266,14 +322,16 @@ def weigh(spec: WeighSpec, cluster: ClusterOptions = SCORING_CLUSTER, *, overwri
     inputs = [spec.samples] if spec.samples else []
     if Path(spec.real).is_dir():
         inputs.append(spec.real)
-    if config.domain_checkpoint:
-        inputs.append(config.domain_checkpoint)
+    inputs.extend(config.checkpoints)
     check_not_inside(spec.out, inputs, flag="--out")
+    _check_backbone_inputs(config)
     torch_device = autodetect_device(spec.device)
-    with stage_output(spec.out, STAGE, overwrite=overwrite, known=ARTEFACTS + CACHES) as out:
-        real_pool = open_real(spec.real, spec.root)
+    real_pool = open_real(spec.real, spec.root)  # inputs are checked before anything is written
+    samples = None if spec.baseline else open_samples(spec.samples)
+    with (output_lock(spec.out, command=command),
+          stage_output(spec.out, STAGE, overwrite=overwrite, known=ARTEFACTS + CACHES) as out):
         sample_set = (write_noise_set(out / NOISE_DIR, real_pool.shape, spec.num_noise, config.seed) if spec.baseline
-                      else SampleSet(spec.samples))
+                      else samples)
         gen_pool = sample_set_pool(sample_set, "--baseline noise" if spec.baseline else f"--samples {spec.samples}")
         check_compatible(real_pool, gen_pool)
         backbone_spec, real_pool, notes = _resolve_backbone(config, real_pool, out, root=spec.root,
