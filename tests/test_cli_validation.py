@@ -57,13 +57,18 @@ def paths(tmp_path_factory) -> dict[str, str]:
     broken = _write_set(root / "broken")
     (broken / "shard-00001.parquet").unlink()
     (root / "not_yaml.yaml").write_text("grid: [1,\n")
+    for name, state in (("state_list", "[1, 2]"), ("state_outputs", '{"preset": "tiny", "outputs": []}'),
+                        ("state_garbage", "{not json")):
+        (root / name).mkdir()
+        (root / name / "pipeline.json").write_text(state)
     return {"set": str(_write_set(root / "set")), "file": str(root / "a_file"), "missing": str(root / "missing"),
             "unfinished": str(root / "unfinished"), "broken": str(broken), "root": str(root),
             "vae": str(ASSETS / "vae"), "vae_checkpoint": str(ASSETS / "vae" / "checkpoint"), "sweep": str(SWEEP),
             "unknown_key": _sweep(root / "unknown_key.yaml", bogus_key=1),
             "wrong_type": _sweep(root / "wrong_type.yaml", max_concurrent_trials="two"),
             "wrong_train_type": _sweep(root / "wrong_train_type.yaml", train__epochs="many"),
-            "not_yaml": str(root / "not_yaml.yaml")}
+            "not_yaml": str(root / "not_yaml.yaml"),
+            **{name: str(root / name) for name in ("state_list", "state_outputs", "state_garbage")}}
 
 
 O = ["--out", "{out}", "--no-mlflow"]
@@ -197,6 +202,12 @@ CASES = {
                                  "shard_size must be a positive int, got 0"),
     "data-verify-missing": (["data", "verify", "{missing}"], "{missing}: no such directory"),
     "data-verify-unfinished": (["data", "verify", "{unfinished}"], "is not a finished sample set"),
+    # a damaged pipeline.json: the report and a resumed pipeline name it
+    "report-state-not-an-object": (["report", "{state_list}"], "pipeline.json: not a pipeline state file"),
+    "report-state-outputs-a-list": (["report", "{state_outputs}"], "field 'outputs' must be a JSON object"),
+    "report-state-not-json": (["report", "{state_garbage}"], "pipeline.json: unreadable"),
+    "pipeline-resume-bad-state": (["pipeline", "--preset", "tiny", "--out", "{state_outputs}", "--no-mlflow"],
+                                  "field 'outputs' must be a JSON object"),
 }
 
 

@@ -9,7 +9,6 @@ given and open no runs of their own).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,29 +16,13 @@ from typing import Any
 
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.stages import stages_for
+from rgm_ray.report.build import STATE_FILE, load_state
 from rgm_ray.store.atomic import atomic_write_json
 from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import start_run
 
-STATE_FILE = "pipeline.json"
-
-
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def load_state(run_dir: str | Path) -> dict[str, Any]:
-    """The outputs and timings the last run recorded in ``run_dir`` (empty for a new directory)."""
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: unreadable ({exc}); move it away to start the run afresh") from exc
-    if not isinstance(state, dict) or not isinstance(state.get("preset"), str):
-        raise ValueError(f"{path}: not a pipeline state file (no 'preset'); move it away to start afresh")
-    return state
 
 
 def run_pipeline(ctx: Context, *, until: str | None = None) -> dict[str, Any]:

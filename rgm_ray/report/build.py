@@ -212,15 +212,32 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
 SECTIONS = (section_models, section_weights, section_evaluation, section_methods, section_ssl)
 
 
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    """The preset, stages, outputs and timings the last run recorded in ``run_dir`` (empty for a new
+    directory); a damaged file is refused, naming it, rather than half-read."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); move it away to start the run afresh") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("preset"), str):
+        raise ValueError(f"{path}: not a pipeline state file (no 'preset'); move it away to start afresh")
+    for key, kind in (("outputs", dict), ("seconds", dict), ("stages", list)):
+        if not isinstance(state.setdefault(key, kind()), kind):
+            raise ValueError(f"{path}: field {key!r} must be a JSON {'object' if kind is dict else 'array'}")
+    return state
+
+
 def build_report(run_dir: str | Path, *, outputs: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``run_dir`` from its ``pipeline.json``
     (or from ``outputs`` when the pipeline passes its in-memory state)."""
     run_dir = Path(run_dir)
-    state_path = run_dir / STATE_FILE
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{state_path}: missing; {run_dir} is not a pipeline run directory "
+    state = load_state(run_dir)
+    if not state:
+        raise FileNotFoundError(f"{run_dir / STATE_FILE}: missing; {run_dir} is not a pipeline run directory "
                                 "('rgm pipeline' / 'rgm demo' write it)")
-    state = json.loads(state_path.read_text())
     outputs = outputs if outputs is not None else state["outputs"]
     sections = [build(outputs) for build in SECTIONS]
     seconds = state.get("seconds", {})
