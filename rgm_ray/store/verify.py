@@ -104,7 +104,7 @@ def _value_problems(table: pa.Table, schema: pa.Schema) -> list[str]:
         lw = table.column(LOG_WEIGHT).to_numpy()
         for label, bad in (("NaN", np.isnan(lw)), ("+inf", lw == np.inf)):
             if bad.any():
-                problems.append(f"column {LOG_WEIGHT!r} has {int(bad.sum())} {label} value(s), first at row "
+                problems.append(f"{LOG_WEIGHT} contains {int(bad.sum())} {label} value(s), first at row "
                                 f"{int(np.flatnonzero(bad)[0])}")
     if COPIES in present and (table.column(COPIES).to_numpy() < 0).any():
         problems.append(f"column {COPIES!r} has negative values")
