@@ -59,6 +59,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("weigh", ("weigh",)),
     Layer("resample", ("resample",)),
     Layer("evaluate", ("evaluate",)),
+    Layer("audit", ("audit",)),
     Layer("ssl", ("ssl",)),
     Layer("tune", ("tune",)),
     Layer("report", ("report",)),

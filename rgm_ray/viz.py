@@ -96,3 +96,19 @@ def save_line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
+
+
+def save_grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | Path, *,
+                      ylabel: str, title: str) -> Path:
+    """Side-by-side bars: one group per label in ``groups``, one bar per named series in each group."""
+    fig, ax = _figure(max(5.0, 0.6 * len(groups) * max(1, len(series)) ** 0.5 + 2), 3.6)
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)

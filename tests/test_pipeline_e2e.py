@@ -17,7 +17,8 @@ VARIANTS = [v.name for v in weigh_variants(GENERATOR_NAMES)]  # vae, pixelcnn, g
 METHODS = ("rejection", "mh")  # the tiny preset's pipeline.compare_methods, beside its own sir
 STAGES = ["data", "domain", *(f"{step}_{g}" for step in ("train", "generate") for g in GENERATOR_NAMES),
           *(f"{step}_{v}" for step in ("weigh", "resample") for v in VARIANTS),
-          *(f"resample_{v}_{m}" for v in VARIANTS for m in METHODS), "evaluate", "evaluate_methods", "ssl", "report"]
+          *(f"resample_{v}_{m}" for v in VARIANTS for m in METHODS), "evaluate", "audit", "evaluate_methods", "ssl",
+          "report"]
 SHRINK = ["--set", "generate.num_samples=128", "--set", "generate.shard_size=32",
           "--set", "evaluate.k=48", "--set", "resample.k=48", "--set", "resample.target_ess=48"]
 
@@ -100,6 +101,10 @@ def test_evaluation_ssl_and_report_tables(run):
     compared = json.loads((out / "evaluate_methods" / "metrics.json").read_text())
     assert [r["name"] for r in compared["rows"]][1:] == [f"{v}_{m}" for v in VARIANTS for m in ("sir", *METHODS)]
     assert "## Resamplers compared" in report and "| GAN (its discriminator) | mh |" in report
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert [r["name"] for r in audit["rows"]][1:] == [r["name"] for r in metrics["rows"]][1:]  # the evaluated sets
+    assert set(audit["near_copy_change"]) == {f"{v}_resampled" for v in VARIANTS}
+    assert "## Bias, memorisation and diversity" in report and "| gan_discriminator_resampled | 48 |" in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 10 and "src='models/" not in page
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rgm_ray.audit import AuditConfig
 from rgm_ray.configs import apply_overrides, strict_from_dict
 from rgm_ray.data import DATASET_NAMES, DATASET_SHAPES
 from rgm_ray.evaluate.protocol import EvalConfig
@@ -103,6 +104,8 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"head": {"epochs": 3, "lr": 1e-2}},
         "resample": {"k": 64, "target_ess": 64},
         "evaluate": {"k": 64, "runs": 2, "uniform_k": True, "kid_subsets": 10},
+        "audit": {"bootstrap": 50, "birthday_batch": 16, "birthday_batches": 10, "train_bank": 2000,
+                  "max_images": 500},
         "ssl": {"config": "ssl_demo.yaml",
                 "overrides": ["grid.seed=[0]", "train.epochs=1", "train.steps_per_epoch=5",
                               "train.val_size=100", "train.test_subset=200", "train.train_subset=2000"]},
@@ -126,6 +129,7 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"head": {"epochs": 20, "lr": 1e-2}},
         "resample": {"k": 1000},  # α: the largest with ESS >= k (capped at N/2), recorded and reported
         "evaluate": {"k": 1000, "runs": 3, "uniform_k": True, "kid_subsets": 50},
+        "audit": {"birthday_batch": 400},  # at s = 100 no 1000-image set showed a duplicate: only a lower bound
         "ssl": {"config": "ssl_demo.yaml"},
     },
     "paper": {
@@ -147,6 +151,7 @@ PRESETS: dict[str, Preset] = {
         "weigh": {"head": {"epochs": 20, "lr": 1e-3}},
         "resample": {"k": 10_000, "alpha": 1.0},
         "evaluate": {"k": 10_000, "runs": 3, "uniform_k": True},
+        "audit": {},
         "ssl": {"config": "ssl_sweep.yaml"},
     },
 }
@@ -180,6 +185,7 @@ SECTIONS: dict[str, Callable[[Preset, dict[str, Any]], Any]] = {
     "weigh": lambda _, section: WeighConfig.from_dict(section),
     "resample": lambda _, section: strict_from_dict(ResampleConfig, section, "resample"),
     "evaluate": lambda _, section: strict_from_dict(EvalConfig, section, "evaluate"),
+    "audit": lambda _, section: strict_from_dict(AuditConfig, section, "audit"),
     "ssl": lambda _, section: SSLSettings.from_dict(section),
 }
 

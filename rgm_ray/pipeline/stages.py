@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rgm_ray import evaluate, generate, resample, tune, weigh
+from rgm_ray import audit, evaluate, generate, resample, tune, weigh
+from rgm_ray.audit import AuditSpec, audit_sets
 from rgm_ray.data import load_dataset
 from rgm_ray.evaluate import EvaluateSpec, evaluate_sets
 from rgm_ray.generate import GenerateSpec, generate_sample_set
@@ -223,14 +224,22 @@ def _resample_stage(name: str, method: str | None = None) -> Stage:
 # --- evaluation, SSL, report --------------------------------------------------------------------------
 
 
-def _evaluate_spec(ctx: Context) -> EvaluateSpec:
-    data = ctx.config("data")
-    sets = {}
+def _plain_and_resampled(ctx: Context) -> tuple[dict[str, str], dict[str, str]]:
+    """Row name -> set directory (each generator's plain set, then its resampled sets, as the thesis's
+    tables order them), and each resampled row -> its generator's plain row."""
+    sets, baselines = {}, {}
     variants = weigh_variants(ctx.generators)
-    for g in ctx.generators:  # each generator's plain set, then its resampled sets
+    for g in ctx.generators:
         sets[f"{g}_plain"] = str(ctx.path("samples", g))
         for variant in (v for v in variants if v.generator == g):
             sets[f"{variant.name}_resampled"] = str(ctx.path("resampled", variant.name))
+            baselines[f"{variant.name}_resampled"] = f"{g}_plain"
+    return sets, baselines
+
+
+def _evaluate_spec(ctx: Context) -> EvaluateSpec:
+    data = ctx.config("data")
+    sets, _ = _plain_and_resampled(ctx)
     features = ({"features": "inception", "inception_weights": ctx.inception_weights} if ctx.inception_weights
                 else {"features": "domain", "domain_checkpoint": str(ctx.path("domain"))})
     return EvaluateSpec(real=data["dataset"], root=data["root"], sets=sets, out=str(ctx.path("evaluate")),
@@ -259,6 +268,18 @@ def _methods_spec(ctx: Context) -> EvaluateSpec:
 def _draws(path: str) -> int:
     """How many images a resampled set stands for (its copies expanded)."""
     return int(SampleSet(path).manifest.info[resample.stage.INFO_SUMMARY][KEY_DRAWS])
+
+
+def _audit_spec(ctx: Context) -> AuditSpec:
+    """The evaluated sets, each resampled one's near-copy change measured against its plain one."""
+    sets, compare = _plain_and_resampled(ctx)
+    data = ctx.config("data")
+    return AuditSpec(real=data["dataset"], root=data["root"], sets=sets, out=str(ctx.path("audit")),
+                     domain_checkpoint=str(ctx.path("domain")), config=ctx.config("audit"), compare=compare)
+
+
+def _run_audit(ctx: Context, tracker: Tracker) -> StageResult:
+    return audit_sets(_logged(_audit_spec(ctx), tracker), tracker=tracker)
 
 
 def _methods_complete(ctx: Context) -> bool:
@@ -346,6 +367,8 @@ def stages_for(ctx: Context) -> list[Stage]:
     stages += [_resample_stage(v.name, m) for v in variants for m in methods]
     stages.append(Stage("evaluate", lambda c: c.path("evaluate"), lambda c: evaluate.is_complete(c.path("evaluate"), _evaluate_spec(c)),
                         _run_evaluate))
+    stages.append(Stage("audit", lambda c: c.path("audit"), lambda c: audit.is_complete(c.path("audit"), _audit_spec(c)),
+                        _run_audit))
     if methods:
         stages.append(Stage("evaluate_methods", lambda c: c.path("evaluate_methods"),
                             _methods_complete, _run_evaluate_methods))

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rgm_ray.audit.outputs import AUDIT_JSON, CLASS_BARS_PNG, HEADER as AUDIT_HEADER, table as audit_table
 from rgm_ray.models.gan_training import KEY_FID
 from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.resample.config import METHODS
@@ -209,7 +210,29 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
     return section
 
 
-SECTIONS = (section_models, section_weights, section_evaluation, section_methods, section_ssl)
+def section_audit(outputs: dict[str, Any]) -> Section:
+    """How the sets differ from the data: class balance, memorisation, diversity (``rgm audit``)."""
+    section = Section("Bias, memorisation and diversity")
+    audited = outputs.get("audit")
+    if not audited:
+        section.paragraphs.append("The audit stage has not run.")
+        return section
+    out = Path(audited["out"])
+    caption, rows, changes = audit_table(json.loads((out / AUDIT_JSON).read_text()))
+    section.tables.append(Table(list(AUDIT_HEADER), rows, caption))
+    if changes:
+        section.paragraphs.append("Change in near-copy fraction (resampled − plain, 95 % interval): "
+                                  + " ".join(line.removeprefix("- ") + "." for line in changes))
+    for png in (out / CLASS_BARS_PNG, *sorted(out.glob("neighbours_*.png"))):
+        if png.is_file():
+            caption = ("predicted-class shares of every set and of the real test split" if png.name == CLASS_BARS_PNG
+                       else f"{png.stem.removeprefix('neighbours_')}: top-weighted samples beside their 3 nearest "
+                            "training images")
+            section.figures.append(Figure(png, caption))
+    return section
+
+
+SECTIONS = (section_models, section_weights, section_evaluation, section_audit, section_methods, section_ssl)
 
 
 def load_state(run_dir: str | Path) -> dict[str, Any]:
