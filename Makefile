@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv data demo test clean
+.PHONY: venv data demo test test-faults clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: venv data
 
 test: venv data
 	$(BIN)/python -m pytest -q
+
+# Nightly-style: every fault-injection test, the long variants too (README "What survives what").
+test-faults: venv data
+	$(BIN)/python -m pytest -q -m "faults or faults_long" tests/test_faults_driver.py tests/test_faults_node.py \
+		tests/test_faults_disk.py
 
 clean:
 	rm -rf runs mlflow.db .pytest_cache

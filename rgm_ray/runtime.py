@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -137,16 +137,21 @@ class ClusterOptions:
 
 
 def worker_count(cluster: ClusterOptions, resources: Mapping[str, float], *, pending: int | None = None,
-                 reserve_cpu: bool = False) -> int:
+                 reserve_cpu: bool = False, node_cpus: Sequence[float] = ()) -> int:
     """How many workers of ``cluster``'s size to start on a cluster with ``resources``.
 
     ``resources`` is ``ray.cluster_resources()``. ``reserve_cpu`` keeps one CPU (half of a one-CPU
     cluster) free for Ray Data's read tasks: an actor pool holding every CPU hangs without a message
-    (ray issue 44687), so such a pool is refused. ``pending`` caps the count at the work available.
+    (ray issue 44687), so such a pool is refused. On several nodes (``node_cpus``: each live node's
+    CPUs) that CPU must be whole on one node, and Ray places actors where it likes (it spreads them): the
+    pool is kept smaller than the number of actors that could leave every node short of a whole CPU.
+    ``pending`` caps the count at the work available.
     """
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     budget = cpus - min(1.0, cpus / 2) if reserve_cpu else cpus
     fits = math.floor(budget / cluster.cpus_per_worker + 1e-9)
+    if reserve_cpu and len(node_cpus) > 1:
+        fits = min(fits, sum(_actors_to_take_a_whole_cpu(c, cluster.cpus_per_worker) for c in node_cpus) - 1)
     if cluster.gpus_per_worker > 0:
         if gpus < cluster.gpus_per_worker:
             raise ValueError(f"--gpus-per-worker {cluster.gpus_per_worker:g} but the cluster has {gpus:g} GPU(s)")
@@ -157,5 +162,11 @@ def worker_count(cluster: ClusterOptions, resources: Mapping[str, float], *, pen
             f"{workers} worker(s) x {cluster.cpus_per_worker:g} CPU"
             + (f" x {cluster.gpus_per_worker:g} GPU" if cluster.gpus_per_worker else "")
             + f" do not fit in {cpus:g} CPU(s) / {gpus:g} GPU(s) while leaving {cpus - budget:g} CPU for Ray Data's "
-            "read tasks (an actor pool holding every CPU hangs); use fewer --workers or a smaller --cpus-per-worker")
+            + (f"read tasks, whole on one of the {len(node_cpus)} nodes " if len(node_cpus) > 1 else "read tasks ")
+            + "(an actor pool holding every CPU hangs); use fewer --workers or a smaller --cpus-per-worker")
     return workers if pending is None or cluster.workers else max(1, min(workers, pending))
+
+
+def _actors_to_take_a_whole_cpu(node_cpus: float, cpus_per_actor: float) -> int:
+    """The fewest actors that leave a node of ``node_cpus`` CPUs without a whole free CPU (0: it has none)."""
+    return math.floor((node_cpus - 1) / cpus_per_actor + 1e-9) + 1 if node_cpus >= 1 else 0

@@ -27,7 +27,6 @@ from rgm_ray.evaluate.features import (DOMAIN_FEATURES, DOMAIN_LOGITS, DomainFea
                                        ImageArrayDataset)
 from rgm_ray.evaluate.outputs import top_bottom_rows
 from rgm_ray.evaluate.protocol import REFERENCE, draw_real_subsets, draw_subsets
-from rgm_ray.evaluate.protocol import EvalConfig
 from rgm_ray.evaluate.stage import EvaluateResult, EvaluateSpec, is_complete
 from rgm_ray.evaluate.weighted_fid import weighted_statistics
 from rgm_ray.weigh.transforms import effective_sample_size, self_normalize

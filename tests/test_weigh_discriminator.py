@@ -19,7 +19,6 @@ from rgm_ray.models.gan_training import GANTrainConfig, train_gan
 from rgm_ray.models.resnet import ResNet, ResNetConfig
 from rgm_ray.store import SampleSet, SampleSetWriter, make_table, verify_sample_set
 from rgm_ray.weigh import assign_folds, fit_temperature, is_complete, read_crossfit
-from rgm_ray.weigh.weigher import apply_temperature
 
 pytestmark = pytest.mark.ray
 

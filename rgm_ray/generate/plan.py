@@ -117,7 +117,8 @@ def check_or_write_plan(directory: str | Path, plan: GenerationPlan) -> bool:
             raise PlanMismatchError(f"{directory} holds samples from another run ({details}); "
                                     "pass --overwrite to replace them or choose another --out")
         return True
-    if directory.exists() and any(directory.iterdir()):
+    # hidden names do not count: a run killed while writing this plan leaves its temporary behind
+    if directory.exists() and any(not p.name.startswith(".") for p in directory.iterdir()):
         raise PlanMismatchError(f"{directory} is not empty and was not written by 'rgm generate'; "
                                 "pass --overwrite to replace it or choose another --out")
     directory.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,10 @@ that dies (killed, OOM) loses only its in-flight shard: Ray restarts the actor (
 and re-runs the call (``max_task_retries``; at-least-once is safe because the driver's shard writes
 are idempotent), drawing the shard again with the same (seed, shard) noise, so the bytes are the
 same as if nothing had happened. An actor that is gone for good has its shard put back on the
-queue for the others. The driver alone writes shards (atomically), then the manifest.
+queue for the others, and once the queue is empty an idle worker also draws a shard still in flight
+elsewhere: an actor that cannot restart (its node lost, no room left on the others) never answers,
+and would otherwise hold the set up for ever. The driver alone writes shards (atomically), then the
+manifest.
 
 The generator is a checkpoint or a generator plugin (:mod:`rgm_ray.generate.plugins`); both run on
 the same actors with the same guarantees, the plan recording which one drew the set.
@@ -46,6 +49,7 @@ KEY_WALL_SECONDS = "wall_seconds"
 KEY_WORKER_SAMPLES_PER_SEC = "worker_{}_samples_per_sec"
 KEY_RETRIED_SHARDS = "retried_shards"
 KEY_WORKER_RESTARTS = "worker_restarts"
+KEY_BACKUP_SHARDS = "backup_shards"  # shards a second worker drew too, at the end of a run (see _next_shard)
 MAX_RESTARTS = 3
 
 
@@ -220,7 +224,7 @@ def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: Clu
 
     stats = _run_workers(checkpoint, out, plan, cluster, batch_size, pending, done, progress, on_shard_done) \
         if pending else {"per_worker": {}, KEY_WALL_SECONDS: 0.0, KEY_RETRIED_SHARDS: 0, KEY_WORKER_RESTARTS: 0,
-                         "workers": 0}
+                         KEY_BACKUP_SHARDS: 0, "workers": 0}
     info = {"generation": plan.to_dict()}
     if checkpoint is not None:
         info["checkpoint"] = str(checkpoint)
@@ -231,6 +235,7 @@ def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: Clu
     wall = stats[KEY_WALL_SECONDS]
     metrics = {KEY_SAMPLES_PER_SEC: generated / wall if wall > 0 else 0.0, KEY_WALL_SECONDS: wall,
                KEY_RETRIED_SHARDS: stats[KEY_RETRIED_SHARDS], KEY_WORKER_RESTARTS: stats[KEY_WORKER_RESTARTS],
+               KEY_BACKUP_SHARDS: stats[KEY_BACKUP_SHARDS],
                **{KEY_WORKER_SAMPLES_PER_SEC.format(w): v for w, v in stats["per_worker"].items()}}
     tracker.log_metrics(metrics)
     tracker.log_dict(manifest.to_json(), MANIFEST_NAME)
@@ -252,6 +257,22 @@ def _manifest_matches(out: Path, done: dict[int, ShardInfo]) -> bool:
     return recorded == {s.file: s.sha256 for s in done.values()}
 
 
+def _next_shard(queue: collections.deque, inflight: dict[Any, tuple[int, int]],
+                done: dict[int, ShardInfo]) -> int | None:
+    """The shard an idle worker draws next: a queued one, else a second copy of the oldest shard that is
+    in flight on one worker only (None when there is none).
+
+    The copies are the same bytes (a shard's noise is a function of (seed, shard)); whichever answers
+    first is written and the other is dropped. So a worker that never answers cannot hold the set up:
+    one whose node is gone and whose actor has no room to restart on the nodes that are left (Ray then
+    waits for resources for ever), or just a slow one at the end of the run.
+    """
+    if queue:
+        return queue.popleft()
+    copies = collections.Counter(shard for _, shard in inflight.values() if shard not in done)
+    return next((shard for shard, n in copies.items() if n == 1), None)
+
+
 def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
                  pending: list[int], done: dict[int, ShardInfo], progress, on_shard_done) -> dict[str, Any]:
     import ray
@@ -270,14 +291,14 @@ def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, clust
     inflight: dict[Any, tuple[int, int]] = {}  # ref -> (worker, shard)
     busy_seconds = collections.Counter()
     samples_by_worker = collections.Counter()
-    retried = restarts = 0
+    retried = restarts = backups = 0
     bar = progress(total=plan.num_samples, initial=plan.num_samples - sum(len(plan.shard_ids(i)) for i in pending),
                    desc=f"generate {plan.kind}", unit="img") if progress else None
     started = time.perf_counter()
     try:
-        while queue or inflight:
-            while queue and idle:
-                worker, shard = idle.pop(), queue.popleft()
+        while queue or any(shard not in done for _, shard in inflight.values()):
+            while idle and (shard := _next_shard(queue, inflight, done)) is not None:
+                worker = idle.pop()
                 inflight[actors[worker].draw_shard.remote(plan, shard, batch_size)] = (worker, shard)
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             worker, shard = inflight.pop(ref)
@@ -285,17 +306,21 @@ def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, clust
                 index, images, seconds, pid = ray.get(ref)
             except RayActorError as exc:  # restarts and task retries exhausted: the actor is gone
                 retried += 1
-                queue.appendleft(shard)  # lost in flight: another worker draws it
+                if shard not in done and shard not in (s for _, s in inflight.values()):
+                    queue.appendleft(shard)  # lost in flight: another worker draws it
                 if not idle and not inflight:
                     raise RuntimeError("every generation worker died permanently") from exc
                 continue
             if pid != pids[worker]:  # the actor died and Ray restarted it; the call was re-run
                 restarts += 1
                 pids[worker] = pid
+            idle.append(worker)
+            if index in done:  # the slower of two copies (see _next_shard): the same bytes, already written
+                continue
+            backups += any(s == index for _, s in inflight.values())  # its other copy is still out
             done[index] = write_generated_shard(out, index, shard_table(plan, index, images))
             busy_seconds[worker] += seconds
             samples_by_worker[worker] += len(images)
-            idle.append(worker)
             if bar is not None:
                 bar.update(len(images))
             if on_shard_done is not None:
@@ -307,5 +332,5 @@ def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, clust
         for actor in actors:
             ray.kill(actor)
     return {"workers": n_workers, "pids": pids, KEY_WALL_SECONDS: time.perf_counter() - started,
-            KEY_RETRIED_SHARDS: retried, KEY_WORKER_RESTARTS: restarts,
+            KEY_RETRIED_SHARDS: retried, KEY_WORKER_RESTARTS: restarts, KEY_BACKUP_SHARDS: backups,
             "per_worker": {w: samples_by_worker[w] / busy_seconds[w] for w in busy_seconds if busy_seconds[w] > 0}}

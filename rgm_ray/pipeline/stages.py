@@ -112,12 +112,20 @@ def _train_complete(name: str) -> Callable[[Context], bool]:
     return check
 
 
-def _finished_training(ctx: Context, name: str, origin: str = "") -> TrainResult:
+def _origin(ctx: Context, name: str) -> str:
+    """Where generator ``name``'s checkpoint comes from in this run (the report's Table 6.1 says it)."""
+    pretrained = ctx.config("pipeline").pretrained
+    if pretrained and not ctx.retrain:
+        return f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
+    return "trained in this run"
+
+
+def _finished_training(ctx: Context, name: str) -> TrainResult:
     """The result of generator ``name``'s finished run directory, read back from its ``metrics.json``."""
     out = ctx.path("models", name)
     metrics = json.loads((out / METRICS_JSON).read_text())
     return TrainResult(out=str(out), metrics=metrics, family=name, run=str(out),
-                       checkpoint=str(out / CHECKPOINT_DIR), origin=origin)
+                       checkpoint=str(out / CHECKPOINT_DIR), origin=_origin(ctx, name))
 
 
 def _describe_train(name: str) -> Callable[[Context], dict[str, Any]]:
@@ -141,8 +149,7 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             if out.exists():
                 shutil.rmtree(out)  # an unfinished copy
             shutil.copytree(ASSETS / pretrained / name, out)
-            result = _finished_training(
-                ctx, name, origin=f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)")
+            result = _finished_training(ctx, name)
             tracker.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
             tracker.log_params({"pretrained": pretrained, "family": name})
             tracker.set_tags({"origin": result.origin})
@@ -153,7 +160,7 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             train = dataclasses.replace(train, fid_domain_checkpoint=str(ctx.path("domain")))
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
                          model=ctx.config(family.preset_section), train=train, preset=ctx.preset_name)
-        return train_generator(_logged(spec, tracker), tracker=tracker, origin="trained in this run")
+        return train_generator(_logged(spec, tracker), tracker=tracker, origin=_origin(ctx, name))
     return run
 
 

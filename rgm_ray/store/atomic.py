@@ -8,6 +8,7 @@ leaves a half-written file under a final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,10 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+
+
+# errors of a write that name no file but can only be about the file written (full disk, quota, size limit)
+DESTINATION_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 class ArtefactExistsError(FileExistsError):
@@ -29,13 +34,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _naming(tmp, path):
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def _naming(tmp: Path, path: Path) -> Iterator[None]:
+    """Name the artefact in an ``OSError`` raised while it is written under ``tmp``: a failed write (a full
+    disk) names no file at all, and a temporary's name means nothing to the user."""
+    try:
+        yield
+    except OSError as exc:
+        failed = None if exc.filename is None else Path(exc.filename)
+        if not (failed == tmp or (failed is not None and tmp in failed.parents)
+                or (failed is None and exc.errno in DESTINATION_ERRNOS)):
+            raise
+        name = path if failed is None or failed == tmp else path / failed.relative_to(tmp)
+        raise OSError(exc.errno, os.strerror(exc.errno), str(name)) from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -63,8 +84,9 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished set should be shareable
     try:
-        yield tmp
-        replace_directory(tmp, path)
+        with _naming(tmp, path):
+            yield tmp
+            replace_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

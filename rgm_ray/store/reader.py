@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +13,9 @@ import pyarrow.parquet as pq
 from rgm_ray.store.manifest import Manifest, read_manifest, shard_path
 from rgm_ray.store.schema import IMAGE, decode_images
 from rgm_ray.store.verify import ShardMapper, set_problems
+
+if TYPE_CHECKING:
+    import torch
 
 Batch = dict[str, np.ndarray]
 

@@ -20,6 +20,7 @@ Ray is imported lazily so ``rgm --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -267,6 +268,9 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
                                         trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name),
             run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=0),
         )
+        # Tune's own Ctrl-C handler ends the run and returns the trials so far as if the sweep had finished
+        # (its tables would then be taken for a finished sweep); without it Ctrl-C interrupts like anywhere else
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
             grid = tuner.fit()
         seconds = time.perf_counter() - started

@@ -105,7 +105,8 @@ def score_sample_set(samples: SampleSet, weigher_dir: str, cluster: ClusterOptio
     import ray
 
     init_ray(cluster.address)
-    workers = worker_count(cluster, ray.cluster_resources(), reserve_cpu=True)
+    workers = worker_count(cluster, ray.cluster_resources(), reserve_cpu=True,
+                           node_cpus=[n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]])
     expected = np.sort(samples.read([SAMPLE_ID])[SAMPLE_ID].astype(np.int64))
     # absolute paths: Ray's workers do not share the driver's working directory
     dataset = ray.data.read_parquet([str(p.resolve()) for p in samples.shard_paths]).select_columns([SAMPLE_ID, IMAGE])
