@@ -21,6 +21,27 @@ def fmnist_test():
     return load_dataset("fashion-mnist", "test")
 
 
+@pytest.fixture(scope="session")
+def fm_train():
+    from rgm_ray.data import load_dataset
+
+    return load_dataset("fashion-mnist", "train")
+
+
+@pytest.fixture(scope="session")
+def domain_ckpt(tmp_path_factory, fm_train, fmnist_test):
+    """A quick domain ResNet (1 epoch on 1024 train images, accuracy on 256 test images): features for the
+    evaluate and audit tests, whose numbers need a network, not a good one."""
+    import dataclasses
+
+    from rgm_ray.models.domain import DomainConfig, train_domain_classifier
+
+    out = tmp_path_factory.mktemp("quick_domain") / "domain"
+    small_test = dataclasses.replace(fmnist_test, images=fmnist_test.images[:256], labels=fmnist_test.labels[:256])
+    train_domain_classifier(fm_train, small_test, DomainConfig(epochs=1, batch_size=64, train_images=1024), out)
+    return out
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch):
     """A throwaway MLflow SQLite store per test."""

@@ -21,8 +21,6 @@ from rgm_ray.audit import (AUDIT_JSON, CLASS_BARS_PNG, TABLE_MD, AuditConfig, Au
                            nearest_neighbours, neighbours_file, nn_histogram_file, pixel_vectors,
                            smoothed_histogram, tv_distance)
 from rgm_ray.cli.main import main
-from rgm_ray.data import load_dataset
-from rgm_ray.models.domain import DomainConfig, train_domain_classifier
 from rgm_ray.store import COPIES, LOG_WEIGHT, SampleSetWriter, export_dataset, make_table
 from rgm_ray.tracking import NullTracker
 
@@ -133,17 +131,6 @@ CONFIG = AuditConfig(seed=1, bootstrap=40, birthday_batch=20, birthday_batches=1
                      figure_samples=4)
 
 
-@pytest.fixture(scope="module")
-def fm_train():
-    return load_dataset("fashion-mnist", "train")
-
-
-@pytest.fixture(scope="module")
-def domain_ckpt(tmp_path_factory, fm_train, fmnist_test):
-    out = tmp_path_factory.mktemp("audit") / "domain"
-    small_test = dataclasses.replace(fmnist_test, images=fmnist_test.images[:256], labels=fmnist_test.labels[:256])
-    train_domain_classifier(fm_train, small_test, DomainConfig(epochs=1, batch_size=64, train_images=1024), out)
-    return out
 
 
 def _write_set(path, images, *, source, **extra):

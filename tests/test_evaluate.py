@@ -17,7 +17,6 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from rgm_ray.cli import cmd_evaluate
-from rgm_ray.data import load_dataset
 from rgm_ray.evaluate import (DOMAIN_EXTRACTOR, KEY_FID, KEY_IS, KEY_KID, KEY_PRECISION, KEY_RECALL,
                               KEY_WEIGHTED_FID, KEY_WEIGHTED_FID_ESS, METRIC_KEYS, EvalConfig, EvalSet,
                               FidelityFeaturizer, domain_spec, evaluate,
@@ -31,24 +30,12 @@ from rgm_ray.evaluate.stage import EvaluateResult, EvaluateSpec, is_complete
 from rgm_ray.evaluate.weighted_fid import weighted_statistics
 from rgm_ray.weigh.transforms import effective_sample_size, self_normalize
 from rgm_ray.models.checkpoint import load_checkpoint
-from rgm_ray.models.domain import DomainConfig, train_domain_classifier
 from rgm_ray.models.resnet import preprocess
 from rgm_ray.store import LOG_WEIGHT, COPIES, SampleSetWriter, export_dataset, make_table
 
 KID_SUBSETS = 5  # torch-fidelity's 100 is needlessly slow for these small checks
 
 
-@pytest.fixture(scope="module")
-def fm_train():
-    return load_dataset("fashion-mnist", "train")
-
-
-@pytest.fixture(scope="module")
-def domain_ckpt(tmp_path_factory, fm_train, fmnist_test):
-    out = tmp_path_factory.mktemp("evaluate") / "domain"
-    small_test = dataclasses.replace(fmnist_test, images=fmnist_test.images[:256], labels=fmnist_test.labels[:256])
-    train_domain_classifier(fm_train, small_test, DomainConfig(epochs=1, batch_size=64, train_images=1024), out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -216,18 +216,18 @@ def test_rgm_tune_smoke_one_mlflow_run_per_trial(ray_local, tmp_path, tracking_u
 # ---------------------------------------------------------------- data shared by the trials
 
 
-def test_sweep_data_keeps_image_strides_through_pickling(fmnist_test) -> None:
-    """The object store pickles; a size-1 axis's stride decides whether torch takes a batch for
-    channels-last (and so how a convolution rounds), so it must survive the trip."""
-    import pickle
-
+@pytest.mark.ray
+def test_sweep_data_keeps_image_strides_through_the_object_store(ray_local, fmnist_test) -> None:
+    """The object store gives arrays canonical strides; a size-1 axis's stride decides whether torch
+    takes a batch for channels-last (and so how a convolution rounds), so it must survive the trip."""
     from rgm_ray.ssl.sources import pool_from_images
     from rgm_ray.tune.sweep import SweepData
 
+    ray = ray_local
     images = fmnist_test.images  # [N, 1, 28, 28] with stride 0 on the channel axis, as load_dataset makes it
-    assert pickle.loads(pickle.dumps(images)).strides != images.strides  # plain pickling loses it
+    assert ray.get(ray.put(images)).strides != images.strides  # a bare array loses it
     data = SweepData(fmnist_test, fmnist_test, {"plain": pool_from_images(images[:8].copy())})
-    back = pickle.loads(pickle.dumps(data, protocol=5))
+    back = ray.get(ray.put(data))
     for before, after in ((data.train, back.train), (data.test, back.test), (data.pools["plain"], back.pools["plain"])):
         assert after.images.strides == before.images.strides and np.array_equal(after.images, before.images)
     assert np.array_equal(back.train.labels, fmnist_test.labels) and list(back.pools) == ["plain"]

@@ -11,7 +11,6 @@ and ``audit.json`` is written last, so its presence marks a finished audit.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from rgm_ray.audit.outputs import AUDIT_JSON, KEY_INPUTS, TABLE_MD, write_output
 from rgm_ray.data import DATASET_NAMES, load_dataset
 from rgm_ray.evaluate.features import FidelityFeaturizer, domain_spec
 from rgm_ray.evaluate.inputs import load_sample_set
-from rgm_ray.evaluate.protocol import REFERENCE, RESERVED_NAMES, EvalSet
+from rgm_ray.evaluate.protocol import REFERENCE, EvalSet, check_set_name
 from rgm_ray.models.checkpoint import checkpoint_digest
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import autodetect_device, set_torch_threads
@@ -36,8 +35,6 @@ from rgm_ray.store.atomic import sha256_file
 from rgm_ray.store.lock import output_lock
 from rgm_ray.store.manifest import MANIFEST_NAME
 from rgm_ray.tracking import NullTracker, Tracker
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also a file-name part (neighbours_<name>.png)
 
 # Seed-stream path items (under the config seed), each followed by the row name's crc32.
 STREAM_SUBSET = 1
@@ -102,9 +99,7 @@ class AuditSpec:
         if not self.sets:
             raise ValueError("give at least one set to audit (--set NAME=DIR)")
         for name in self.sets:
-            if not _NAME.match(name) or name in RESERVED_NAMES:
-                raise ValueError(f"set name {name!r}: use letters, digits, '_', '.', '-' (not "
-                                 f"{' or '.join(RESERVED_NAMES)})")
+            check_set_name(name)
         for name, baseline in (self.compare or {}).items():
             if name not in self.sets or baseline not in self.sets or name == baseline:
                 raise ValueError(f"--compare {name}={baseline}: name two different sets of {', '.join(self.sets)}")

@@ -34,7 +34,13 @@ from rgm_ray.weigh.transforms import effective_sample_size
 
 REFERENCE = "reference"
 RESERVED_NAMES = (REFERENCE, "real")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also a file-name part (neighbours_<name>.png)
+
+
+def check_set_name(name: str) -> None:
+    """Refuse a row name that is not a safe file-name part or that clashes with the real rows."""
+    if not _NAME.match(name) or name in RESERVED_NAMES:
+        raise ValueError(f"set name {name!r}: use letters, digits, '_', '.', '-' (not {' or '.join(RESERVED_NAMES)})")
 
 # Seed-stream path items (under the run seed).
 STREAM_REAL = 1
@@ -163,9 +169,7 @@ def validate_sets(real: EvalSet, reference: EvalSet | None, sets: Sequence[EvalS
     """Refuse anything that would make the rows incomparable, with a message that says how to fix it."""
     names = [s.name for s in sets]
     for name in names:
-        if not _NAME.match(name) or name in RESERVED_NAMES:
-            raise ValueError(f"set name {name!r}: use letters, digits, '_', '.', '-' (not "
-                             f"{' or '.join(RESERVED_NAMES)})")
+        check_set_name(name)
     if len(set(names)) != len(names):
         raise ValueError(f"set names must be unique, got {names}")
     for s in [*([reference] if reference else []), *sets]:

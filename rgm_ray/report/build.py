@@ -69,6 +69,11 @@ def section_models(outputs: dict[str, Any]) -> Section:
     return section
 
 
+def _mean_std(row: dict[str, Any], key: str) -> str:
+    """A metric cell of an evaluation row: its mean ± std over the runs."""
+    return f"{_fmt(row['mean'][key])} ± {_fmt(row['std'][key], 2)}"
+
+
 def section_evaluation(outputs: dict[str, Any]) -> Section:
     """Table 6.3: IS / FID / KID (+ precision/recall) of reference, plain and resampled sets."""
     section = Section("Sample quality (Table 6.3)")
@@ -80,8 +85,7 @@ def section_evaluation(outputs: dict[str, Any]) -> Section:
     metrics = json.loads((out / "metrics.json").read_text())
     extractor = metrics["extractor"]
     keys = metrics["metrics"]
-    rows = [[row["name"], *(f"{_fmt(row['mean'][k])} ± {_fmt(row['std'][k], 2)}" for k in keys)]
-            for row in metrics["rows"]]
+    rows = [[row["name"], *(_mean_std(row, k) for k in keys)] for row in metrics["rows"]]
     arrows = {"is": "IS ↑", "fid": "FID ↓", "kid": "KID ↓", "precision": "precision ↑", "recall": "recall ↑"}
     comparable = extractor.get("comparable_to_inception_numbers", False)
     caption = (f"{metrics['runs']} runs of k = {metrics['k']} images per set, mean ± std. Features: "
@@ -169,7 +173,7 @@ def section_methods(outputs: dict[str, Any]) -> Section:
                             + ")" if r.get("proposals_per_accepted") else ""),
                          _fmt(r.get("unique")), _fmt(r.get("max_copies")), _fmt(r.get("draws")),
                          _fmt(r.get("wall_seconds"), 2),
-                         *((f"{_fmt(row['mean'][k])} ± {_fmt(row['std'][k], 2)}" if row else "–") for k in keys)])
+                         *((_mean_std(row, k) if row else "–") for k in keys)])
     arrows = {"is": "IS ↑", "fid": "FID ↓", "kid": "KID ↓"}
     section.tables.append(Table(
         ["generator", "method", "α", "ESS", "acceptance", "distinct", "most copies", "draws", "seconds",
