@@ -15,6 +15,7 @@ import pytest
 from rgm_ray.store import SampleSetWriter, make_table
 from rgm_ray.tune.config import ConfigError, apply_overrides, load_sweep_config, sweep_config_from_dict
 from rgm_ray.tune.results import (COMPLETED, STOPPED, best_configuration, mean_ci, paired_differences,
+                                  thesis_contrasts, verdict,
                                   select_on_validation, summarize, write_results)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
@@ -143,6 +144,21 @@ def test_selection_uses_validation_only_and_differences_are_paired() -> None:
     diffs = paired_differences(rows, "plain")
     assert [(d["source"], d["sl_weight"], d["n_pairs"]) for d in diffs] == [("resampled", 0.0, 3), ("resampled", 0.5, 3)]
     assert diffs[0]["diff_mean"] == pytest.approx(0.01) and diffs[0]["diff_std"] == pytest.approx(0, abs=1e-12)
+
+
+def test_thesis_contrasts_pair_resampled_with_plain_and_everything_with_no_unlabelled_data() -> None:
+    rows = [{"labels": 1000, "source": source, "sl_weight": w, "seed": seed, "status": COMPLETED, "val_acc": 0.5,
+             "test_acc": acc + (0.01 * seed if source != "vae_resampled" else 0.002 * seed)}
+            for source, w, acc in (("vae_plain", 0.5, 0.80), ("vae_resampled", 0.5, 0.81), ("none", 0.0, 0.78))
+            for seed in range(3)]
+    diffs = {(d["source"], d["reference"]): d for d in thesis_contrasts(rows)}
+    assert set(diffs) == {("vae_resampled", "vae_plain"), ("vae_resampled", "none"), ("vae_plain", "none")}
+    plain_vs_none = diffs[("vae_plain", "none")]  # none's one SL weight (0) pairs with the others' 0.5
+    assert plain_vs_none["reference_sl_weight"] == 0.0 and plain_vs_none["n_pairs"] == 3
+    assert plain_vs_none["diff_mean"] == pytest.approx(0.02) and verdict(plain_vs_none) == "yes: higher"
+    resampled_vs_plain = diffs[("vae_resampled", "vae_plain")]  # +0.01, -0.006 per seed: the interval holds 0
+    assert resampled_vs_plain["diff_mean"] == pytest.approx(0.002) and verdict(resampled_vs_plain).startswith("no")
+    assert verdict({"diff_ci_low": "", "diff_ci_high": ""}).startswith("cannot tell")
 
 
 def test_write_results(tmp_path) -> None:
@@ -296,3 +312,19 @@ def test_bench_ssl_cli_parses_and_checks_its_source() -> None:
         bench_ssl(SMOKE, source="nope")
     with pytest.raises(ValueError, match="steps must be >= 2"):
         bench_ssl(SMOKE, steps=1)
+
+
+def test_report_table_6_4_shows_the_paired_differences_in_words(tmp_path) -> None:
+    from rgm_ray.report.build import section_ssl
+
+    rows = [{"trial": f"{source}{seed}", "labels": 100, "source": source, "sl_weight": w, "seed": seed,
+             "status": COMPLETED, "val_acc": 0.5, "test_acc": acc + 0.01 * seed}
+            for source, w, acc in (("plain", 0.5, 0.70), ("resampled", 0.5, 0.72), ("none", 0.0, 0.69))
+            for seed in range(3)]
+    write_results(tmp_path, rows, title="t", reference="plain")
+    section = section_ssl({"ssl": {"out": str(tmp_path)}})
+    table = section.tables[-1]
+    assert "distinguishable from 0?" in table.headers
+    cells = {row[1]: row for row in table.rows}
+    assert set(cells) == {"resampled − plain", "resampled − none", "plain − none"}
+    assert cells["resampled − plain"][4] == "+2.00 ± 0.00" and cells["resampled − plain"][6] == "yes: higher"

@@ -150,3 +150,14 @@ def test_noise_baseline_through_the_cli(ray_local, tmp_path, domain_ckpt):
     log_weights = weighted.read(["log_weight"])["log_weight"]
     assert np.mean(log_weights < 0) > 0.99 and np.median(log_weights) < -3
     assert "weighed 1000 samples" in result.message
+
+
+def test_bench_plain_loop_scores_like_ray_data(real_vs_real, rescored, test_split_samples):
+    """``rgm bench weigh``'s baseline loop is the same computation as Ray Data's pass, so its speed compares like
+    with like: equal log-weights for every sample, in sample_id order."""
+    from rgm_ray.bench.weigh import plain_loop
+
+    out, _ = real_vs_real
+    seconds, log_weights = plain_loop(SampleSet(test_split_samples), out / "classifier", threads=1, batch_size=50)
+    assert seconds > 0 and log_weights.shape == rescored.log_weights.shape
+    np.testing.assert_allclose(log_weights, rescored.log_weights, rtol=0, atol=1e-5)

@@ -1,4 +1,4 @@
-"""``rgm bench {sampler,generate,resample,ssl}``: speed measurements, printed as JSON.
+"""``rgm bench {sampler,generate,resample,ssl,weigh}``: speed measurements, printed as JSON.
 
 Speed targets live here, never in timed unit tests.
 """
@@ -47,7 +47,7 @@ def _generator_name(text: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
-    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{sampler,generate,resample,ssl}")
+    bench = parser.add_subparsers(dest="bench_command", required=True, metavar="{sampler,generate,resample,ssl,weigh}")
 
     sam = bench.add_parser("sampler", help="naive vs cached PixelCNN++ sampling speed per batch size")
     sam.add_argument("--preset", default="paper", choices=tuple(PRESETS),
@@ -93,6 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssl.add_argument("--no-mlflow", action="store_true", help="leave out the trial's MLflow run")
     ssl.set_defaults(handler=run_bench_ssl, json=True)
 
+    wgh = bench.add_parser("weigh", help="Ray Data scoring vs a plain torch loop over the same images")
+    wgh.add_argument("--weigher", default=None, metavar="DIR",
+                     help="a weigh run's classifier/ directory (default: build one from Fashion-MNIST)")
+    wgh.add_argument("--samples", default=None, metavar="DIR", help="the set to score (with --weigher)")
+    wgh.add_argument("--num-images", type=int, default=6000, help="images of the built set (default 6000)")
+    wgh.add_argument("--batch-size", type=int, default=256)
+    wgh.add_argument("--repeats", type=int, default=2, help="passes of each; the best is reported (default 2)")
+    wgh.set_defaults(handler=run_bench_weigh, json=True)
+
 
 def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.generate import bench_generate
@@ -113,6 +122,13 @@ def run_bench_ssl(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.bench.ssl import bench_ssl
 
     return bench_ssl(args.config, args.overrides, source=args.source, steps=args.steps, track=not args.no_mlflow)
+
+
+def run_bench_weigh(args: argparse.Namespace) -> dict[str, Any]:
+    from rgm_ray.bench.weigh import bench_weigh
+
+    return bench_weigh(weigher=args.weigher, samples=args.samples, num_images=args.num_images,
+                       batch_size=args.batch_size, repeats=args.repeats)
 
 
 def run_bench_sampler(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.resample.config import METHODS
 from rgm_ray.report.document import Figure, Section, Table, to_html, to_markdown
 from rgm_ray.store.atomic import atomic_write_bytes
-from rgm_ray.tune.results import SUMMARY_CSV, SUMMARY_MD
+from rgm_ray.tune.results import DIFFERENCES_CSV, SUMMARY_CSV, SUMMARY_MD, verdict
 from rgm_ray.weigh.variants import weigh_variants
 
 REPORT_MD = "report.md"
@@ -211,7 +211,26 @@ def section_ssl(outputs: dict[str, Any]) -> Section:
          "validation accuracy %"], rows,
         "Ray Tune sweep, one MLflow run per trial; configurations are chosen on validation accuracy only. "
         f"Full tables: {Path(ssl['out']) / SUMMARY_MD}."))
+    differences = Path(ssl["out"]) / DIFFERENCES_CSV
+    if differences.is_file():
+        with open(differences, newline="") as fh:
+            section.tables.append(_differences_table(list(csv.DictReader(fh))))
     return section
+
+
+def _differences_table(differences: list[dict[str, str]]) -> Table:
+    """Table 6.4's paired differences in percentage points, each with whether its interval excludes zero."""
+    def pp(value: str) -> str:
+        return "–" if not value else f"{100 * float(value):+.2f}"
+
+    rows = [[d["labels"], f"{d['source']} − {d['reference']}", d["sl_weight"], d["n_pairs"],
+             f"{pp(d['diff_mean'])} ± {pp(d['diff_std']).lstrip('+')}", f"[{pp(d['diff_ci_low'])}, {pp(d['diff_ci_high'])}]",
+             verdict(d)] for d in differences]
+    return Table(["labels", "difference", "SL weight", "pairs", "Δ test accuracy, points (mean ± std)", "95 % CI",
+                  "distinguishable from 0?"], rows,
+                 "Paired by seed: runs with the same labels and seed share their labelled subset, initial weights and "
+                 "batch order, so the per-seed difference is far less noisy than the two means. 'No' means this "
+                 "sweep cannot tell the difference from zero, not that there is none.")
 
 
 def section_audit(outputs: dict[str, Any]) -> Section:

@@ -35,6 +35,8 @@ SUMMARY_CSV = "summary.csv"
 SELECTED_CSV = "selected.csv"
 DIFFERENCES_CSV = "differences.csv"
 SUMMARY_MD = "summary.md"
+DIFFERENCE_COLUMNS = ("labels", "source", "reference", "sl_weight", "reference_sl_weight", "n_pairs", "diff_mean",
+                      "diff_std", "diff_ci_low", "diff_ci_high")
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
@@ -124,7 +126,37 @@ def paired_differences(rows: Sequence[dict[str, Any]], reference: str) -> list[d
         if source == reference or (labels, reference, w) not in {_config_key(r) for r in rows}:
             continue
         diff = _paired(rows, (labels, source, w), (labels, reference, w))
-        out.append({"labels": labels, "source": source, "reference": reference, "sl_weight": w, **diff})
+        out.append({"labels": labels, "source": source, "reference": reference, "sl_weight": w,
+                    "reference_sl_weight": w, **diff})
+    return out
+
+
+NO_UNLABELLED = "none"  # the source name of the labelled-only runs (its SL weight is irrelevant: 0)
+PLAIN, RESAMPLED = "plain", "resampled"
+
+
+def _plain_counterpart(source: str) -> str | None:
+    """``plain`` for ``resampled``, ``vae_plain`` for ``vae_resampled``; None for any other name."""
+    if source == RESAMPLED:
+        return PLAIN
+    return source[: -len(RESAMPLED)] + PLAIN if source.endswith("_" + RESAMPLED) else None
+
+
+def thesis_contrasts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The two differences the thesis asks about, paired by (labels, seed): every resampled source minus its
+    plain counterpart at the same SL weight, and every source minus the labelled-only runs (``none``, whose
+    one SL weight is paired with every other)."""
+    keys = {_config_key(r) for r in rows}
+    out = []
+    for labels, source, w in _ordered_keys(rows):
+        plain = _plain_counterpart(source)
+        references = [(plain, w)] if plain and (labels, plain, w) in keys else []
+        if source != NO_UNLABELLED:
+            references += [(NO_UNLABELLED, w_none) for lab, src, w_none in sorted(keys, key=str)
+                           if lab == labels and src == NO_UNLABELLED]
+        for reference, w_ref in references:
+            out.append({"labels": labels, "source": source, "reference": reference, "sl_weight": w,
+                        "reference_sl_weight": w_ref, **_paired(rows, (labels, source, w), (labels, reference, w_ref))})
     return out
 
 
@@ -220,12 +252,12 @@ def to_markdown(title: str, groups: Sequence[dict[str, Any]], selected: Sequence
                       _pm(g["val_acc_mean"], g["val_acc_std"]), _ci(g["val_acc_ci_low"], g["val_acc_ci_high"]),
                       _pm(g["test_acc_mean"], g["test_acc_std"]), _ci(g["test_acc_ci_low"], g["test_acc_ci_high"])]
                      for g in groups)) + [""]
-    if reference and differences:
-        lines += [f"## Paired test-accuracy differences vs {reference} (same labels, w, seed)", ""]
-        lines += _table(["labels", "source", "w", "pairs", "Δ test", "Δ 95 % CI"],
-                        ([str(d["labels"]), d["source"], _w(d["sl_weight"]), str(d["n_pairs"]),
-                          _pm(d["diff_mean"], d["diff_std"]), _ci(d["diff_ci_low"], d["diff_ci_high"])]
-                         for d in differences)) + [""]
+    if differences:
+        lines += ["## Paired test-accuracy differences (same labels and seed)", ""]
+        lines += _table(["labels", "difference", "w", "pairs", "Δ test", "Δ 95 % CI", "distinguishable from 0?"],
+                        ([str(d["labels"]), f"{d['source']} − {d['reference']}", _w(d["sl_weight"]),
+                          str(d["n_pairs"]), _pm(d["diff_mean"], d["diff_std"]),
+                          _ci(d["diff_ci_low"], d["diff_ci_high"]), verdict(d)] for d in differences)) + [""]
     return "\n".join(lines)
 
 
@@ -236,19 +268,42 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, title: str
     groups = summarize(rows)
     selected = select_on_validation(groups)
     best = best_configuration(groups)
-    differences = paired_differences(rows, reference) if reference else []
+    differences = _unique(paired_differences(rows, reference) if reference else [], thesis_contrasts(rows))
     selected_diffs = selected_differences(rows, selected, reference) if reference else []
     files = {TRIALS_CSV: to_csv(rows), SUMMARY_CSV: to_csv(groups),
              SELECTED_CSV: to_csv([{**g, **_diff_columns(selected_diffs, g)} for g in selected])}
-    if reference:
-        files[DIFFERENCES_CSV] = to_csv(differences, ["labels", "source", "reference", "sl_weight", "n_pairs",
-                                                      "diff_mean", "diff_std", "diff_ci_low", "diff_ci_high"])
+    if differences:
+        files[DIFFERENCES_CSV] = to_csv(differences, DIFFERENCE_COLUMNS)
     # summary.md last: its presence is what marks the sweep finished
     files[SUMMARY_MD] = to_markdown(title, groups, selected, best, differences, selected_diffs, reference)
     for name, text in files.items():
         atomic_write_bytes(out / name, text.encode())
     return {"groups": groups, "selected": selected, "best": best, "differences": differences,
             "selected_differences": selected_diffs, "files": {name: str(out / name) for name in files}}
+
+
+def verdict(difference: dict[str, Any]) -> str:
+    """Whether a paired difference's 95 % interval excludes zero, in words."""
+    lo, hi = (float(difference[k]) if difference[k] not in (None, "") else math.nan
+              for k in ("diff_ci_low", "diff_ci_high"))
+    if math.isnan(lo) or math.isnan(hi):
+        return "cannot tell (fewer than 2 pairs)"
+    if lo > 0:
+        return "yes: higher"
+    if hi < 0:
+        return "yes: lower"
+    return "no: the interval contains 0"
+
+
+def _unique(*parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The differences of ``parts`` in order, each comparison once."""
+    seen, out = set(), []
+    for d in (d for part in parts for d in part):
+        key = (d["labels"], d["source"], d["reference"], d["sl_weight"], d["reference_sl_weight"])
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
 
 
 def _diff_columns(selected_diffs: Sequence[dict[str, Any]], group: dict[str, Any]) -> dict[str, Any]:
