@@ -29,6 +29,7 @@ from rgm_ray.generate import GenerateSpec
 from rgm_ray.generate import is_complete as generate_complete
 from rgm_ray.resample import ResampleConfig, ResampleSpec
 from rgm_ray.resample import is_complete as resample_complete
+from rgm_ray.models.checkpoint import load_trainer_state
 from rgm_ray.store import SampleSet, verify_sample_set
 from rgm_ray.weigh import is_complete as weigh_complete
 
@@ -235,12 +236,10 @@ def _report_tables(run: Path) -> list[str]:
 def _pipeline_outputs(run: Path) -> dict[str, Any]:
     """Every stage's artefacts; not Ray Tune's own trial logs and state, pipeline.json's facts about the runs
     (timings, shards reused), the report (compared by its tables) or the trainer states' wall time."""
-    import torch
-
     prints: dict[str, Any] = fd.fingerprint(run, skip=("ssl/ray_results/", "pipeline.json", "report.md",
                                                        "report.html"))
     for name in [name for name in prints if name.endswith("/checkpoint/trainer.pt")]:
-        state = torch.load(run / name, weights_only=False)
+        state = load_trainer_state((run / name).parent)  # weights_only, as resuming reads it
         state.pop("elapsed")
         prints[name] = _content(state)
     return prints
