@@ -5,18 +5,30 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch/torchvision pair that imports on the reference machine (CPU or CUDA build from the local wheel cache).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# Every package's version as tested, so a fresh machine installs what passed (`make constraints` writes it).
+CONSTRAINTS := constraints.txt
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv data demo test test-faults clean
+.PHONY: venv constraints data demo test test-faults clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) $(TORCH_PINS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
+
+# Re-pin $(CONSTRAINTS) to what .venv holds now: run it once `make test` passes after a dependency change.
+constraints:
+	test -x $(BIN)/pip
+	{ echo "# The versions 'make venv' installs (pip install -c $(CONSTRAINTS)): every package of the .venv that"; \
+	  echo "# 'make test' passed in (Python $$($(BIN)/python -c 'import platform; print(platform.python_version())')," \
+	       "$$(uname -sm)), as 'pip freeze --exclude-editable' lists them."; \
+	  echo "# Written by 'make constraints'; do not edit by hand."; \
+	  $(BIN)/pip freeze --exclude-editable; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 
 # Real offline data: Debian's Fashion-MNIST package (the embedded default).
 data:

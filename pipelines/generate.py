@@ -1,8 +1,8 @@
 """Ray job: sharded generation on the cluster the job runs in.
 
     ray job submit --working-dir . -- python -m pipelines.generate \
-        --checkpoint runs/paper/pixelcnn --num-samples 150000 --shard-size 1000 \
-        --out /shared/rgm/pixelcnn_samples --gpus-per-worker 1
+        --checkpoint /mnt/shared/rgm/runs/paper/models/pixelcnn --num-samples 150000 --shard-size 1000 \
+        --seed 1 --out /mnt/shared/rgm/runs/paper/samples/pixelcnn_seed1 --gpus-per-worker 1
 """
 
 import sys

@@ -1,8 +1,8 @@
 """Ray job: resample a weighted sample set on the cluster the job runs in.
 
     ray job submit --working-dir . -- python -m pipelines.resample \
-        --samples /shared/rgm/pixelcnn_weighted --k 50000 --seed 0 --target-ess 5000 \
-        --out /shared/rgm/pixelcnn_resampled
+        --samples /mnt/shared/rgm/runs/paper/weights/pixelcnn_seed1/weighted --k 10000 --seed 0 \
+        --target-ess 5000 --out /mnt/shared/rgm/runs/paper/resampled/pixelcnn_seed1
 """
 
 import sys

@@ -4,7 +4,7 @@ Import direction: a module imports only earlier layers, or its own layer without
 (written as ``rgm_ray.layers.LAYERS``; ``python -m rgm_ray.layers`` prints the import graph,
 ``--modules`` the module-level edges, ``--check`` the violations; ``tests/test_import_layers.py`` enforces it):
 
-1. core: ``seeding``, ``configs``, ``results``, ``runtime``, ``tracking``, ``layers``
+1. core: ``seeding``, ``configs``, ``results``, ``runtime``, ``tracking``, ``progress``, ``layers``
 2. ``data``
 3. ``store`` (the sample-set format: the contract between stages)
 4. ``viz``

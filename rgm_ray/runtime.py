@@ -11,6 +11,10 @@ import contextlib
 import logging
 import math
 import os
+import secrets
+import signal
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
@@ -18,12 +22,14 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 if TYPE_CHECKING:
     import torch
 
+VERBOSE_ENV = "RGM_RAY_VERBOSE"  # set (not 0): Ray, Ray Data and Tune print to the console as they do by default
 QUIET_RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # we draw our own bars
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # read when ray.data is imported; quiet_ray_data covers an earlier import
     "RAY_verbose_spill_logs": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's new console output prints its set-up table and hints even at verbose=0
 }
 AUTH_TOKEN_FILE = "auth_token"  # in ~/.ray, where a local ray.init with token auth writes it
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def autodetect_device(prefer: str | None = None) -> "torch.device":
@@ -57,14 +63,76 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 
     if ray.is_initialized():
         return
-    for key, value in QUIET_RAY_ENV.items():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    verbose = ray_verbose()
+    for key, value in ({} if verbose else QUIET_RAY_ENV).items():
         os.environ.setdefault(key, value)
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        with _loopback_only(), _private_auth_token():
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
+    # Ray's banners and info logs, and the workers' output echoed by the driver, off unless asked for
+    kwargs: dict = {} if verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
+    # ... and Ray's warning, every time, that a local cluster has token auth on (its default for a new one)
+    with _logger_level(TOKEN_NOTICE_LOGGER, None if verbose else logging.ERROR), _keep_sigterm_handler():
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            with _loopback_only(), _private_auth_token():
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Keep a SIGTERM handler the caller installed across ``ray.init``, which replaces it by its own
+    ``sys.exit``: a command's "SIGTERM interrupts like Ctrl-C" (``tracking.start_run``) stays true."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):  # a Python handler; Ray's own stays in place of the default
+            signal.signal(signal.SIGTERM, previous)
+
+
+def ray_verbose() -> bool:
+    """``$RGM_RAY_VERBOSE`` is set to something other than ``0``: leave Ray's own console output as Ray has it.
+
+    By default commands keep it off (their own progress lines say what is happening): Ray's info logs
+    and start-up notices, the workers' output echoed by the driver, Ray Data's progress bars and
+    per-dataset banners, Tune's status tables. Warnings and errors still show, and Ray's log files
+    (``/tmp/ray/session_latest/logs``) keep everything either way.
+    """
+    return os.environ.get(VERBOSE_ENV, "0").strip() not in ("", "0")
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console output off in this driver (see :func:`ray_verbose`), before it runs a dataset.
+
+    The bars go (callers count the rows on their own), and so do the info lines every dataset logs
+    (its start, execution plan and end) and the notice that bars are off; Ray Data's warnings still
+    reach the console and its ``ray-data.log`` in the session's log folder keeps everything.
+    """
+    if ray_verbose():
+        return
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; the session log file is another kind
+            handler.setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled ..."
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int | None) -> Iterator[None]:
+    """Logger ``name`` at ``level`` (None: as it is) in the block."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 @contextlib.contextmanager
@@ -89,20 +157,41 @@ def _loopback_only() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _private_auth_token() -> Iterator[None]:
-    """Keep the token a local ``ray.init`` writes to ``~/.ray/auth_token`` from other users.
+    """Keep the token a local ``ray.init`` uses (``~/.ray/auth_token``) from other users and other starts.
 
-    Ray writes it with the process umask (0644: world-readable), and the token lets anyone who can
-    reach the cluster run code on it. A new ``~/.ray`` is made 0700 before Ray writes there, and
-    the token (ours, whenever it was written) is made 0600 after.
+    Ray writes a missing token with the process umask (0644: world-readable; the token lets anyone who
+    can reach the cluster run code on it) and not atomically, and every Ray process re-reads the file
+    as it starts: two local Rays starting at once could each overwrite the other's token, and one
+    cluster's workers then fail with ``InvalidAuthToken``. So a missing token is created here, 0600
+    from its first byte and published with ``os.link`` (which never replaces an existing file, so
+    every concurrent start ends up with the same token); Ray finds it and writes nothing.
     """
+    from ray._raylet import AuthenticationTokenLoader
+
     token = Path.home() / ".ray" / AUTH_TOKEN_FILE
-    if not token.parent.exists():
-        token.parent.mkdir(mode=0o700, parents=True)
+    token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    uses_default_file = (os.environ.get("RAY_AUTH_MODE", "token").lower() == "token"
+                         and not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & os.environ.keys())
+    if uses_default_file and not token.exists():
+        _publish_token(token)
+        AuthenticationTokenLoader.instance().reset_cache()  # it may have cached "no token"
     try:
         yield
-    finally:  # also when the start fails after Ray wrote the token
+    finally:  # a token written by an older Ray or by hand keeps working, but no longer world-readable
         if token.is_file() and token.stat().st_uid == os.geteuid() and token.stat().st_mode & 0o077:
             token.chmod(0o600)
+
+
+def _publish_token(token: Path) -> None:
+    """Write a new random token to ``token`` (0600) unless another process publishes one first."""
+    fd, tmp = tempfile.mkstemp(dir=token.parent, prefix=f".{token.name}.")  # mkstemp files are 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, token)
+    finally:
+        os.unlink(tmp)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import yaml
 
 import rgm_ray
 from rgm_ray.cli.main import main
-from rgm_ray.store import LOG_WEIGHT, SampleSetWriter, make_table
+from rgm_ray.store import LOG_WEIGHT, MANIFEST_NAME, SampleSetWriter, make_table
 
 ROWS = 12
 ASSETS = Path(rgm_ray.__file__).parent / "assets" / "demo"
@@ -118,9 +118,9 @@ CASES = {
     "resample-samples-unfinished": (["resample", "--samples", "{unfinished}", "--k", "2", *O],
                                     "is not a finished sample set"),
     "resample-samples-shard-missing": (["resample", "--samples", "{broken}", "--k", "2", *O],
-                                       "listed in manifest.json are missing: shard-00001.parquet"),
+                                       f"listed in {MANIFEST_NAME} are missing: shard-00001.parquet"),
     "resample-samples-unreadable": (["resample", "--samples", "unreadable:{set}", "--k", "2", *O],
-                                    "Permission denied: {set}/manifest.json"),
+                                    "Permission denied: {set}/" + MANIFEST_NAME),
     "resample-out-a-file": ([*RES, "--out", "{file}", "--no-mlflow"], NOT_A_DIR),
     # weigh
     "weigh-samples-missing": (["weigh", "--real", "fashion-mnist", "--samples", "{missing}", *O],

@@ -2,8 +2,9 @@
 
 The launcher YAML is validated against the JSON schema inside the installed ray package (the first
 thing ``ray up`` checks) and by Ray's own config preparation; the KubeRay RayJob is checked for the
-fields KubeRay needs. Every ``python -m pipelines.X`` named by the manifest or cluster/README.md
-must be a module of this repository that accepts the flags it is given. No Ray is started.
+fields KubeRay needs. Every ``python -m pipelines.X`` named by the manifest, cluster/README.md or the
+README's cluster section must be a module of this repository that accepts the flags it is given. No Ray
+is started (``test_cluster_job.py`` runs the documented commands).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import pytest
 import ray
 import ray.autoscaler
 import yaml
+from ray.runtime_env import RuntimeEnvConfig
+from cluster_docs import (REPO, command_kind, docs_text, fenced_shell, local_values, localize, pipeline_commands,
+                          readme_job_commands, shell_commands)
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "ray-cluster.yaml"
 RAYJOB = CLUSTER / "rayjob-paper.yaml"
@@ -43,26 +46,8 @@ def makefile_torch_pins() -> set[str]:
 
 
 def readme_shell() -> str:
-    """The fenced shell blocks of cluster/README.md (prose is not shell)."""
-    return "\n".join(re.findall(r"```(?:bash|sh)\n(.*?)```", README.read_text(), re.DOTALL))
-
-
-def shell_commands(text: str) -> list[list[str]]:
-    """Shell text as argv lists: backslash continuations joined, comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    return [argv for line in joined.splitlines() if (argv := shlex.split(line, comments=True))]
-
-
-def pipeline_commands(text: str) -> list[list[str]]:
-    """The ``python -m pipelines.X ...`` part of every command that runs one (for ``ray job submit
-    ... -- python -m ...``, what follows the ``--``)."""
-    commands = []
-    for argv in shell_commands(text):
-        for i in range(len(argv) - 2):
-            if argv[i:i + 2] == ["python", "-m"] and argv[i + 2].startswith("pipelines."):
-                commands.append(argv[i:])
-                break
-    return commands
+    """The commands of cluster/README.md and of the README's cluster section."""
+    return fenced_shell() + "\n" + readme_job_commands()
 
 
 def module_of(argv: list[str]) -> str:
@@ -168,7 +153,7 @@ def test_launcher_setup_installs_project_and_torch_pair(launcher):
     assert editable, f"no 'pip install -e' of the project in setup_commands: {setup}"
     # The installed directory is synced from this repository and holds what pip needs.
     mounts = launcher["file_mounts"]
-    for required in ("pyproject.toml", "rgm_ray", "pipelines"):
+    for required in ("pyproject.toml", "setup.py", "rgm_ray", "pipelines", "tune_configs"):
         assert f"{editable[0]}/{required}" in mounts, required
     for remote, local in mounts.items():
         if not local.startswith("~"):  # ~ is the submitting user's home (the auth token)
@@ -231,6 +216,9 @@ def test_rayjob_runtime_env_installs_project_and_tracks_to_mlflow(rayjob):
     pip = runtime_env["pip"]
     assert makefile_torch_pins() <= set(pip)
     assert any(requirement.startswith("rgm_ray") for requirement in pip), pip
+    # CUDA torch takes a fresh node longer to install than Ray's default setup timeout
+    config = RuntimeEnvConfig(**runtime_env["config"])  # a misspelt key is refused here, only warned by Ray
+    assert config["setup_timeout_seconds"] > RuntimeEnvConfig()["setup_timeout_seconds"]
 
 
 def test_rayjob_paths_are_on_the_shared_volume(rayjob, entrypoint):
@@ -279,6 +267,23 @@ def test_readme_runtime_env_json_parses():
     values = [json.loads(value) for argv in shell_commands(readme_shell())
               for value in option_values(argv, "--runtime-env-json")]
     assert values and all("MLFLOW_TRACKING_URI" in value["env_vars"] for value in values)
+
+
+def test_readme_image_installs_the_tested_torch_pair():
+    """The image cluster/README.md says to bake: the cluster's Ray, the pins the local install is tested with."""
+    dockerfiles = re.findall(r"```dockerfile\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(dockerfiles) == 1
+    assert dockerfiles[0].startswith(f"FROM rayproject/ray:{ray.__version__}-")
+    assert all(pin in dockerfiles[0].split() for pin in makefile_torch_pins())
+
+
+def test_every_documented_command_runs_locally_or_needs_the_cloud():
+    """What test_cluster_job.py (slow) relies on, checked here too: each cluster value it replaces is still in
+    the docs, nothing of the cluster is left after, and it knows how to run (or skip) every command."""
+    text = localize(docs_text(), local_values("/tmp/run", "/tmp/home", "http://127.0.0.1:8266", 5001))
+    assert "/mnt/shared" not in text and "HEAD" not in text
+    kinds = [command_kind(argv) for argv in shell_commands(text)]
+    assert set(kinds) == {"setup", "service", "job", "cloud"}
 
 
 def test_readme_files_exist():

@@ -257,5 +257,8 @@ def test_cli_import(tmp_path, fmnist_test, capsys):
     (folder / "notes.md").write_text("x")
     assert main([*argv, "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "notes.md: not a PNG or JPEG image" in err
+    # one error line (the progress lines before it are the import's, written as stderr is no terminal)
+    assert [line for line in err.splitlines() if "error" in line] == [line for line in err.splitlines()
+                                                                      if "notes.md: not a PNG or JPEG image" in line]
+    assert "notes.md: not a PNG or JPEG image" in err.splitlines()[-1]
     assert SampleSet(out).shape == (1, 14, 14)  # the failed run left the previous set untouched

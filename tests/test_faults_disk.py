@@ -18,7 +18,7 @@ import pytest
 
 import fault_driver as fd
 from rgm_ray.cli.main import main
-from rgm_ray.store import verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, verify_sample_set
 from rgm_ray.weigh import is_complete as weigh_complete
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults]
@@ -76,7 +76,7 @@ def test_generate_into_a_full_then_read_only_filesystem(ray_local, tmp_path, sma
     line = _error_line(capsys, "generate")
     assert line.startswith(f"rgm generate: error: No space left on device: {out}/shard-000")
     assert "left on its filesystem); free some space, then re-run the same command" in line
-    assert not (out / "manifest.json").exists() and 0 < len(list(out.glob("shard-*.parquet"))) < 10
+    assert not (out / MANIFEST_NAME).exists() and 0 < len(list(out.glob("shard-*.parquet"))) < 10
     small_fs(4 * size_kib)  # space again: the same command continues
     assert main([*GENERATE, "--out", str(out)]) == 0
     assert verify_sample_set(out) == [] and fd.fingerprint(out) == reference
@@ -120,7 +120,7 @@ def test_generate_on_a_simulated_full_disk(ray_local, tmp_path, full_disk_at, ca
     line = _error_line(capsys, "generate")
     assert line.startswith(f"rgm generate: error: No space left on device: {out / 'shard-00002.parquet'} (")
     assert sorted(p.name for p in out.glob("*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert not (out / "manifest.json").exists()
+    assert not (out / MANIFEST_NAME).exists()
     full_disk_at(0)
     assert main([*GENERATE, "--out", str(out)]) == 0
     assert fd.fingerprint(out) == fd.fingerprint(tmp_path / "reference")

@@ -30,7 +30,7 @@ from rgm_ray.generate import is_complete as generate_complete
 from rgm_ray.resample import ResampleConfig, ResampleSpec
 from rgm_ray.resample import is_complete as resample_complete
 from rgm_ray.models.checkpoint import load_trainer_state
-from rgm_ray.store import SampleSet, verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, SampleSet, verify_sample_set
 from rgm_ray.weigh import is_complete as weigh_complete
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults]
@@ -89,24 +89,24 @@ def _generate_job(tmp_path, address):
 
 def _generate_unfinished(job) -> Callable[[], bool]:
     out = Path(job["spec"]["out"])
-    return lambda: not generate_complete(GenerateSpec(**job["spec"])) and not (out / "manifest.json").exists()
+    return lambda: not generate_complete(GenerateSpec(**job["spec"])) and not (out / MANIFEST_NAME).exists()
 
 
 def test_generate_driver_killed_twice_resumes_to_identical_bytes(address, tmp_path):
     job = _generate_job(tmp_path, address)
     reference, names = _reference(job, tmp_path)
     shards = fd.count(names, "shard-*.parquet")
-    assert shards == 6 and names[-1] == "manifest.json"
+    assert shards == 6 and names[-1] == MANIFEST_NAME
     out, unfinished = tmp_path / "out", _generate_unfinished(job)
     # 1: one shard published, the 2nd written under its temporary name; this driver runs its own local Ray
     seconds = fd.run_killed({**job, "cluster": {"workers": 1}}, {"rename": "shard-*", "at": 2}, tmp_path / "jobs",
                             ray_exit_timeout=30)
     print(f"a SIGKILLed driver's local Ray (GCS, raylet, workers) was gone {seconds:.1f} s later")
     assert unfinished() and len(list(out.glob("shard-*.parquet"))) == 1
-    with pytest.raises(Exception, match="manifest.json: missing"):
+    with pytest.raises(Exception, match=f"{MANIFEST_NAME}: missing"):
         SampleSet(out)
     # 2: the re-run continues and draws every other shard, then dies before publishing the manifest
-    fd.run_killed(job, {"rename": "manifest.json", "at": 1}, tmp_path / "jobs")
+    fd.run_killed(job, {"rename": MANIFEST_NAME, "at": 1}, tmp_path / "jobs")
     assert unfinished() and len(list(out.glob("shard-*.parquet"))) == shards
     result = fd.run_job(job)
     assert result.generated_shards == 0 and result.reused_shards == shards

@@ -28,13 +28,13 @@ from rgm_ray.cli.main import main
 from rgm_ray.evaluate.inputs import load_sample_set
 from rgm_ray.resample.shard_io import ROW_COLUMNS
 from rgm_ray.ssl.sources import SET, SourceSpec, open_sample_set_source
-from rgm_ray.store import LOG_WEIGHT, SampleSet, SampleSetWriter, make_table
+from rgm_ray.store import LOG_WEIGHT, MANIFEST_NAME, SampleSet, SampleSetWriter, make_table
 from rgm_ray.store.atomic import sha256_file
 from rgm_ray.weigh.inputs import open_samples
 
 SHAPE = (1, 4, 4)
 ROWS, SHARDS = 4, 3
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 
 
 def _shard(index: int) -> str:
@@ -362,7 +362,7 @@ def _bad_copies(t: Target) -> Expect:
 @mutation()
 def _fewer_rows_than_recorded(t: Target) -> Expect:
     _put_shard(t, 1, _table(1).slice(0, ROWS - 1))
-    return Expect(_shard(1), ("rows, manifest.json says",))
+    return Expect(_shard(1), (f"rows, {MANIFEST_NAME} says",))
 
 
 @mutation()

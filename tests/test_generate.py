@@ -13,7 +13,7 @@ from rgm_ray.models.checkpoint import load_checkpoint, save_checkpoint
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from rgm_ray.models.registry import family_for_kind
 from rgm_ray.models.vae import VAE, VAEConfig
-from rgm_ray.store import SampleSet, verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, SampleSet, verify_sample_set
 
 pytestmark = pytest.mark.ray
 
@@ -34,7 +34,7 @@ def pixelcnn_ckpt(tmp_path_factory):
 
 
 def _hashes(path):
-    return {s["file"]: s["sha256"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+    return {s["file"]: s["sha256"] for s in json.loads((path / MANIFEST_NAME).read_text())["shards"]}
 
 
 def _run(ckpt, out, workers, **kw):

@@ -14,7 +14,8 @@ from rgm_ray.generate import example_plugin
 from rgm_ray.generate.plugins import Plugin, parse_generator_args
 from rgm_ray.generate.workers import ShardSampler
 from rgm_ray.runtime import ClusterOptions
-from rgm_ray.store import SampleSet, verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, SampleSet, verify_sample_set
+from rgm_ray.store.layout import PLAN_FILE
 
 pytestmark = pytest.mark.ray
 
@@ -64,7 +65,7 @@ def _run(out, workers, *, overwrite=False, on_shard_done=None, **settings):
 
 
 def _hashes(path):
-    return {s["file"]: s["sha256"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+    return {s["file"]: s["sha256"] for s in json.loads((path / MANIFEST_NAME).read_text())["shards"]}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_two_workers_give_the_bytes_of_one(one_worker_set, tmp_path):
     plan = _spec(tmp_path / "w2").plan()
     expected = example_plugin.make(**ARGS).sample(220, plan.shard_seed(5)).numpy()
     np.testing.assert_array_equal(data["image"][1280:], expected)  # shard i = sample(len, shard_seed(i))
-    recorded = json.loads((tmp_path / "w2" / "generation.json").read_text())
+    recorded = json.loads((tmp_path / "w2" / PLAN_FILE).read_text())
     assert recorded == plan.to_dict()
     assert recorded["kind"] == recorded["sampler"] == "plugin" and recorded["generator"] == EXAMPLE
     assert recorded["generator_args"] == ARGS and recorded["image_shape"] == [1, 32, 32]
@@ -133,7 +134,7 @@ def test_changed_plugin_or_args_refused_unless_overwrite(one_worker_set, tmp_pat
     replaced = _run(out, 1, args=other, overwrite=True)
     assert replaced.generated_shards == 6 and verify_sample_set(out) == []
     assert not set(_hashes(out).values()) & set(_hashes(one_worker_set).values())
-    assert json.loads((out / "generation.json").read_text())["generator_args"] == other
+    assert json.loads((out / PLAN_FILE).read_text())["generator_args"] == other
 
 
 @pytest.mark.parametrize("generator, message", [

@@ -28,7 +28,7 @@ from rgm_ray.resample.config import ResampleConfig
 from rgm_ray.resample.stage import ResampleSpec, resample_sample_set
 from rgm_ray.runtime import ClusterOptions
 from rgm_ray.ssl.sources import SET, SourceSpec, open_sample_set_source
-from rgm_ray.store import (LOG_WEIGHT, SampleSetWriter, finish_sample_set, make_table, read_manifest,
+from rgm_ray.store import (LOG_WEIGHT, MANIFEST_NAME, SampleSetWriter, finish_sample_set, make_table, read_manifest,
                            verify_sample_set, write_shard)
 from rgm_ray.store.schema import META_PLAN, META_SOURCE
 from rgm_ray.weigh.stage import WeighSpec, weigh
@@ -95,7 +95,7 @@ def test_a_flipped_byte_is_refused_naming_the_shard_and_nothing_is_written(ray_l
     assert {p.file for p in verify_sample_set(damaged)} == {shard.name}
     out = tmp_path / "out"
     args = (damaged, out) if stage is _resample else (damaged, out, intact)
-    with pytest.raises(ValueError, match=f"{shard}: SHA-256 differs from manifest.json") as info:
+    with pytest.raises(ValueError, match=f"{shard}: SHA-256 differs from {MANIFEST_NAME}") as info:
         stage(*args)
     assert "\n" not in str(info.value)
     assert not out.exists()
@@ -155,7 +155,7 @@ def _generate(out, seed):
 
 
 def _hashes(path):
-    return {s["file"]: s["sha256"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+    return {s["file"]: s["sha256"] for s in json.loads((path / MANIFEST_NAME).read_text())["shards"]}
 
 
 @pytest.mark.ray
@@ -164,7 +164,7 @@ def test_a_shard_of_another_seed_is_redrawn_on_resume(ray_local, tmp_path):
     spec, _ = _generate(reference, seed=0)
     resumed = tmp_path / "resumed"
     shutil.copytree(reference, resumed)
-    (resumed / "manifest.json").unlink()  # an interrupted seed-0 run ...
+    (resumed / MANIFEST_NAME).unlink()  # an interrupted seed-0 run ...
     other = dataclasses.replace(spec, seed=1).plan()  # ... into which a seed-1 shard is copied
     write_generated_shard(resumed, 1, shard_table(other, 1, Plugin(PLUGIN, PLUGIN_ARGS).draw_shard(other, 1)))
     foreign = pq.read_schema(resumed / "shard-00001.parquet").metadata

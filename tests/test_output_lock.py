@@ -182,3 +182,16 @@ def test_local_ray_listens_on_loopback_only_and_its_token_is_private(local_ray):
     if os.environ.get("RAY_AUTH_MODE") == "token":  # Ray turned token auth on (its default since 2.59)
         assert token.is_file()
     assert not token.exists() or token.stat().st_mode & 0o777 == 0o600  # ours: init_ray keeps it private
+
+
+def test_auth_token_is_published_private_and_never_replaced(tmp_path):
+    """Two local starts at once must agree on one token (Ray re-reads the file in every process it
+    starts): the first published token stays, and it is 0600 from the start."""
+    from rgm_ray.runtime import _publish_token
+
+    token = tmp_path / "auth_token"
+    _publish_token(token)
+    first = token.read_text()
+    assert len(first) == 64 and int(first, 16) >= 0 and token.stat().st_mode & 0o777 == 0o600
+    _publish_token(token)  # a concurrent start that lost the race
+    assert token.read_text() == first and [p.name for p in tmp_path.iterdir()] == ["auth_token"]

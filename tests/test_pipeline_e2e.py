@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rgm_ray.cli.main import main
 from rgm_ray.models import GAN, PixelCNNpp, ResNet, VAE, load_checkpoint
@@ -98,6 +99,10 @@ def test_evaluation_ssl_and_report_tables(run):
     assert "| PixelCNN++ |" in report and "| reference |" in report and "| pixelcnn_resampled |" in report
     assert "| GAN (its discriminator) | gan-discriminator |" in report and "| gan_discriminator_resampled |" in report
     assert "NOT Inception-V3 numbers" in report
+    domain = json.loads((out / "pipeline.json").read_text())["outputs"]["domain"]
+    assert domain["origin"] == "trained in this run"  # the tiny preset has no committed checkpoints
+    # beside every domain-feature number: Table 6.1 (the GAN's FID), 6.2, 6.3, the audit, the resampler comparison
+    assert report.count(f"the domain ResNet, {100 * domain['test_accuracy']:.1f} % test accuracy") == 5
     compared = json.loads((out / "evaluate_methods" / "metrics.json").read_text())
     assert [r["name"] for r in compared["rows"]][1:] == [f"{v}_{m}" for v in VARIANTS for m in ("sir", *METHODS)]
     assert "## Resamplers compared" in report and "| GAN (its discriminator) | mh |" in report
@@ -109,23 +114,79 @@ def test_evaluation_ssl_and_report_tables(run):
     assert page.count("data:image/png;base64,") >= 10 and "src='models/" not in page
 
 
-def test_mlflow_has_one_parent_with_nested_stage_runs(run):
+def _runs(run):
+    """Every run of the module's store, and the first pipeline's parent and stage runs (by name)."""
     import mlflow
 
+    mlflow.set_tracking_uri(run["uri"])
     runs = mlflow.search_runs(experiment_names=["rgm_ray"])
-    parents = runs[runs["tags.mlflow.runName"] == "pipeline-tiny"]
-    assert len(parents) == 1
-    children = runs[runs["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]]
-    assert {"data", "domain", "weigh_vae", "evaluate", "ssl", "report"} <= set(children["tags.mlflow.runName"])
+    parent = runs[runs["tags.mlflow.runName"] == "pipeline-tiny"].sort_values("start_time").iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    return runs, parent, {row["tags.mlflow.runName"]: row for _, row in children.iterrows()}
+
+
+def test_mlflow_has_one_parent_with_nested_stage_runs(run):
+    runs, parent, stages = _runs(run)
+    assert (runs["tags.mlflow.runName"] == "pipeline-tiny").sum() == 1 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(stages) == sorted(STAGES) and parent["tags.rgm.out"] == str(run["out"].resolve())
+    assert parent["tags.rgm.preset"] == "tiny" and parent["tags.mlflow.source.git.commit"]
     # each stage's numbers sit in its own run: no empty stage run with the real one nested below it
-    stage_ids = set(children["run_id"])
-    assert not runs["tags.mlflow.parentRunId"].isin(stage_ids).any()
-    weigh_run = children[children["tags.mlflow.runName"] == "weigh_vae"].iloc[0]
+    trials = runs[runs["tags.mlflow.parentRunId"] == stages["ssl"]["run_id"]]
+    others = {row["run_id"] for name, row in stages.items() if name != "ssl"}
+    assert not runs["tags.mlflow.parentRunId"].isin(others).any()
+    weigh_run = stages["weigh_vae"]
     assert np.isfinite(weigh_run["metrics.accuracy_after"]) and weigh_run["params.config.folds"] == "2"
-    evaluate_run = children[children["tags.mlflow.runName"] == "evaluate"].iloc[0]
-    assert np.isfinite(evaluate_run["metrics.vae_plain/fid"])
-    resample_run = children[children["tags.mlflow.runName"] == "resample_vae"].iloc[0]
-    assert resample_run["metrics.k"] == 48
+    assert np.isfinite(stages["evaluate"]["metrics.vae_plain/fid"])
+    resample_run = stages["resample_vae"]  # the config is params; alpha, as used, a measurement
+    assert resample_run["params.config.k"] == "48" and resample_run["params.config.alpha"] == "None"
+    assert "metrics.k" not in runs.columns or np.isnan(resample_run["metrics.k"])
+    assert 0 <= resample_run["metrics.alpha"] <= 1 and resample_run["params.alpha_source"]
+    # the Tune trials are children of the ssl stage run, which holds the sweep's params, counts and tables
+    state = json.loads((run["out"] / "pipeline.json").read_text())["outputs"]["ssl"]
+    assert len(trials) == state["trials"] == int(stages["ssl"]["metrics.completed"]) and len(trials) > 0
+    assert set(trials["tags.rgm.sweep"]) == {state["sweep"]} and trials["metrics.test_acc"].notna().all()
+    assert set(trials["tags.rgm.out"]) == {str(run["out"].resolve())}
+    assert stages["ssl"]["params.config"].endswith("ssl_demo.yaml") and stages["ssl"]["params.grid.seed"] == "(0,)"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["uri"])
+    assert {"summary.md", "summary.csv", "trials.csv"} <= {a.path for a in client.list_artifacts(stages["ssl"]["run_id"])}
+    assert {"samples.png", "metrics.json"} <= {a.path for a in client.list_artifacts(stages["train_vae"]["run_id"])}
+
+
+def test_mlflow_holds_each_generator_as_a_model_that_samples(run):
+    import mlflow
+
+    from rgm_ray.models.registry import get_family
+
+    _, _, stages = _runs(run)
+    for g in GENERATOR_NAMES:
+        train_run = stages[f"train_{g}"]
+        assert train_run["params.train.batch_size"] == "16" and "metrics.lr" not in train_run.index
+        assert np.isfinite(train_run["metrics.scheduled_lr"]) and train_run["metrics.steps"] == 12
+        sampler = mlflow.pytorch.load_model(train_run["tags.rgm.model_uri"])
+        images = sampler.sample(2, seed=3)
+        assert images.dtype == torch.uint8 and images.shape == (2, 1, 28, 28)
+        checkpoint = load_checkpoint(run["out"] / "models" / g / "checkpoint")
+        np.testing.assert_array_equal(images.numpy(), get_family(g).draw(checkpoint, 2, seed=3))
+
+
+def test_mlflow_records_the_sample_sets_each_stage_read(run):
+    from mlflow.tracking import MlflowClient
+
+    from rgm_ray.store import manifest_digest
+
+    _, _, stages = _runs(run)
+    client = MlflowClient(run["uri"])
+
+    def inputs(stage):
+        return {d.dataset.name: d for d in client.get_run(stages[stage]["run_id"]).inputs.dataset_inputs}
+
+    weighed = inputs("weigh_vae")["samples/vae"]
+    assert weighed.dataset.digest == manifest_digest(run["out"] / "samples" / "vae")[:36]
+    assert {t.key: t.value for t in weighed.tags}["mlflow.data.context"] == "training"
+    assert set(inputs("resample_vae")) == {"vae/weighted"}
+    assert set(inputs("evaluate")) == {*(f"samples/{g}" for g in GENERATOR_NAMES), *(f"resampled/{v}" for v in VARIANTS)}
 
 
 def test_rerun_skips_finished_stages(run, capsys):
@@ -149,3 +210,26 @@ def test_a_weigh_stage_killed_before_publication_is_redone(run, capsys):
     assert (out / "_complete.json").is_file() and (out / "weights_summary.json").is_file()
     assert {p.name: p.read_bytes() for p in (out / "weighted").glob("*.parquet")} == weighted  # same weights
     assert "| VAE |" in (run["out"] / "report.md").read_text()
+
+
+def test_a_resumed_pipeline_closes_stale_runs_and_links_the_finished_stages(run, capsys):
+    """A killed attempt left a run RUNNING; the re-run closes it and links every skipped stage to its numbers."""
+    from mlflow.tracking import MlflowClient
+
+    runs, first, first_stages = _runs(run)
+    client = MlflowClient(run["uri"])
+    experiment = client.get_experiment_by_name("rgm_ray").experiment_id
+    stale = client.create_run(experiment, run_name="weigh_vae", tags={"rgm.out": str(run["out"].resolve())})
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run["out"]), *SHRINK]) == 0
+    assert "closed 1 run(s) an earlier attempt left RUNNING" in capsys.readouterr().err
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    again = client.search_runs([experiment], "tags.`mlflow.runName` = 'pipeline-tiny'",
+                               order_by=["attributes.start_time DESC"])[0]
+    children = {r.info.run_name: r for r in client.search_runs([experiment],
+                                                               f"tags.`mlflow.parentRunId` = '{again.info.run_id}'")}
+    assert sorted(children) == sorted(STAGES) and again.info.status == "FINISHED"
+    reused = {name: r.data.tags.get("rgm.reused_run_id") for name, r in children.items()}
+    assert reused.pop("report") is None  # it always runs; every other stage was complete
+    assert reused == {name: first_stages[name]["run_id"] for name in reused}
+    copied = children["evaluate"].data.metrics["vae_plain/fid"]
+    assert copied == first_stages["evaluate"]["metrics.vae_plain/fid"]

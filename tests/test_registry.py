@@ -28,6 +28,7 @@ from rgm_ray.models.registry import (
 from rgm_ray.models.resnet import ResNet
 from rgm_ray.models.vae import VAE, VAEConfig
 from rgm_ray.pipeline.presets import PRESETS, PipelineConfig, load_preset, section
+from rgm_ray.pipeline.stages import DOMAIN_ASSET
 
 DEMO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "rgm_ray" / "assets" / "demo"
 # One tiny architecture per family (8x8 grey/RGB images, a few channels; the GAN's smallest size is 28x28).
@@ -103,13 +104,15 @@ def test_pipeline_runs_every_family_and_the_demo_has_their_checkpoints():
     assert PipelineConfig().generators == COMMITTED
     for preset in PRESETS:
         assert set(section(load_preset(preset), "pipeline").generators) == set(COMMITTED)
-    assert sorted(p.name for p in DEMO_CHECKPOINTS.iterdir() if p.is_dir()) == sorted(COMMITTED)
+    # beside them the domain network (tests/test_domain.py checks it)
+    assert sorted(p.name for p in DEMO_CHECKPOINTS.iterdir() if p.is_dir()) == sorted([*COMMITTED, DOMAIN_ASSET])
 
 
 def test_committed_checkpoints_keep_their_kinds():
     for name in COMMITTED:
         record = read_checkpoint_config(DEMO_CHECKPOINTS / name / "checkpoint")
         assert family_for_kind(record["kind"]) is get_family(name)
+    assert read_checkpoint_config(DEMO_CHECKPOINTS / DOMAIN_ASSET / "checkpoint")["kind"] == ResNet.kind
 
 
 @pytest.mark.parametrize("name", GENERATOR_NAMES)

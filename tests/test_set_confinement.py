@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rgm_ray.cli.main import main
-from rgm_ray.store import ManifestError, SampleSet, SampleSetWriter, make_table, verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, ManifestError, SampleSet, SampleSetWriter, make_table, verify_sample_set
 
 
 @pytest.fixture
@@ -21,9 +21,9 @@ def sample_set(tmp_path):
 
 
 def _point_shard_at(directory, name):
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
     manifest["shards"][0]["file"] = name
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../../x.parquet", "sub/shard.parquet", "..", ".hidden.parquet"])

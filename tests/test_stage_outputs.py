@@ -15,8 +15,9 @@ from rgm_ray.generate import is_complete as generate_complete
 from rgm_ray.models.checkpoint import save_checkpoint
 from rgm_ray.models.vae import VAE, VAEConfig
 from rgm_ray.runtime import ClusterOptions
-from rgm_ray.store import ArtefactExistsError, SampleSet, SampleSetWriter, make_table, verify_sample_set
+from rgm_ray.store import MANIFEST_NAME, ArtefactExistsError, SampleSet, SampleSetWriter, make_table, verify_sample_set
 from rgm_ray.store.completion import COMPLETE_FILE, completion_problem, mark_complete, stage_output
+from rgm_ray.store.layout import PLAN_FILE
 from rgm_ray.weigh import HeadConfig, WeighConfig, WeighSpec, weigh
 from rgm_ray.weigh import is_complete as weigh_complete
 
@@ -32,7 +33,7 @@ def vae_ckpt(tmp_path_factory):
 
 
 def _hashes(path):
-    return {s["file"]: s["sha256"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+    return {s["file"]: s["sha256"] for s in json.loads((path / MANIFEST_NAME).read_text())["shards"]}
 
 
 # --- the completion marker, without Ray ----------------------------------------------------------------
@@ -94,7 +95,7 @@ def test_overwrite_with_a_broken_checkpoint_keeps_the_old_set(ray_local, vae_ckp
         generate_sample_set(GenerateSpec(str(broken), str(out), num_samples=40, shard_size=16), ONE_WORKER,
                             overwrite=True)
     assert _hashes(out) == before and verify_sample_set(out) == []
-    assert json.loads((out / "generation.json").read_text())["seed"] == 0
+    assert json.loads((out / PLAN_FILE).read_text())["seed"] == 0
 
 
 def test_overwrite_replaces_only_after_the_new_set_is_complete(ray_local, vae_ckpt, tmp_path):

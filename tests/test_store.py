@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rgm_ray.store import (ArtefactExistsError, ManifestError, SampleSet, SampleSetWriter,
+from rgm_ray.store import (MANIFEST_NAME, ArtefactExistsError, ManifestError, SampleSet, SampleSetWriter,
                            decode_images, export_dataset, finish_sample_set, make_table,
                            verify_sample_set, write_shard)
 from rgm_ray.store.manifest import provenance
@@ -158,25 +158,25 @@ def test_verify_duplicate_ids_across_shards(tmp_path, rng):
 
 def test_verify_wrong_shape_and_row_count(tmp_path, rng):
     _write_set(tmp_path / "s", rng)
-    manifest_path = tmp_path / "s" / "manifest.json"
+    manifest_path = tmp_path / "s" / MANIFEST_NAME
     raw = json.loads(manifest_path.read_text())
     raw["shards"][0]["rows"] += 1
     raw["num_rows"] += 1
     raw["shape"] = "3,5,4"
     manifest_path.write_text(json.dumps(raw))
     messages = [str(p) for p in verify_sample_set(tmp_path / "s")]
-    assert any("shard-00000.parquet: 7 rows, manifest.json says 8" in m for m in messages)
+    assert any(f"shard-00000.parquet: 7 rows, {MANIFEST_NAME} says 8" in m for m in messages)
     assert any("!= manifest shape" in m for m in messages)
 
 
 def test_verify_missing_or_malformed_manifest(tmp_path, rng):
     _write_set(tmp_path / "s", rng)
-    manifest_path = tmp_path / "s" / "manifest.json"
+    manifest_path = tmp_path / "s" / MANIFEST_NAME
     manifest_path.write_text("{not json")
     assert "malformed" in verify_sample_set(tmp_path / "s")[0].message
     manifest_path.unlink()
     [problem] = verify_sample_set(tmp_path / "s")
-    assert problem.file == "manifest.json" and "missing" in problem.message
+    assert problem.file == MANIFEST_NAME and "missing" in problem.message
     with pytest.raises(ManifestError):
         SampleSet(tmp_path / "s")
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from rgm_ray.store import SampleSetWriter, make_table
-from rgm_ray.tune.config import ConfigError, apply_overrides, load_sweep_config, sweep_config_from_dict
+from rgm_ray.tune.config import (ConfigError, apply_overrides, load_sweep_config, shipped_config_names,
+                                 sweep_config_from_dict, sweep_config_path)
 from rgm_ray.tune.results import (COMPLETED, STOPPED, best_configuration, mean_ci, paired_differences,
                                   thesis_contrasts, verdict,
                                   select_on_validation, summarize, write_results)
@@ -105,6 +106,22 @@ def test_config_must_be_a_mapping(tmp_path) -> None:
         load_sweep_config(bad)
     with pytest.raises(ConfigError, match="key 'sources'"):
         sweep_config_from_dict({"name": "x", "dataset": "fashion-mnist", "sources": {}, "grid": {}})
+
+
+def test_shipped_configs_by_name_from_any_directory(tmp_path, monkeypatch) -> None:
+    """``rgm tune --config ssl_smoke`` and the pipeline's ``ssl.config`` name shipped configs (here the
+    source checkout's tune_configs/; tests/test_wheel.py checks an installed wheel); a path still works."""
+    monkeypatch.chdir(tmp_path)
+    assert shipped_config_names() == [p.stem for p in SHIPPED]
+    for name in ("ssl_smoke", "ssl_smoke.yaml"):
+        assert sweep_config_path(name) == SMOKE and load_sweep_config(name).name == "ssl_smoke"
+    (tmp_path / "ssl_smoke.yaml").write_text(SMOKE.read_text().replace("name: ssl_smoke", "name: mine"))
+    # a shipped name wins over a same-named file here (a stray copy must not change a preset's sweep) ...
+    assert load_sweep_config("ssl_smoke.yaml").name == "ssl_smoke"
+    assert load_sweep_config("./ssl_smoke.yaml").name == "mine"  # ... which a path names
+    for missing in ("ssl_nope", "sub/ssl_smoke", "ssl_smoke.yml", str(tmp_path)):
+        with pytest.raises(FileNotFoundError, match="no such sweep configuration .*shipped name: ssl_demo, "):
+            sweep_config_path(missing)
 
 
 # ---------------------------------------------------------------- result tables
@@ -205,13 +222,22 @@ def test_rgm_tune_smoke_one_mlflow_run_per_trial(ray_local, tmp_path, tracking_u
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)  # another test may have left MLflow pointing at its own store
-    runs = mlflow.search_runs(experiment_names=["smoke_test"])
-    assert len(runs) == 2
+    everything = mlflow.search_runs(experiment_names=["smoke_test"])
+    (sweep,) = everything[everything["tags.mlflow.runName"] == "tune-smoke_test"].itertuples()
+    runs = everything[everything["tags.mlflow.parentRunId"] == sweep.run_id]  # the trials, nested under the sweep
+    assert len(everything) == 3 and len(runs) == 2
     assert sorted(runs["tags.rgm.trial"]) == ["l100_plain_w0.5_s0", "l100_real_w0.5_s0"]
-    assert set(runs["status"]) == {"FINISHED"} and runs["metrics.test_acc"].notna().all()
-    assert set(runs["params.source"]) == {"real", "plain"}
+    assert set(everything["status"]) == {"FINISHED"} and runs["metrics.test_acc"].notna().all()
+    assert set(runs["params.source"]) == {"real", "plain"} and set(runs["tags.rgm.out"]) == {str(out.resolve())}
     client = mlflow.tracking.MlflowClient(tracking_uri)
     assert all([a.path for a in client.list_artifacts(run_id)] == ["metrics.json"] for run_id in runs["run_id"])
+    # the sweep's own run: its config as params, its counts and best cell as metrics, its tables as artefacts
+    sweep_run = client.get_run(sweep.run_id)
+    assert sweep_run.data.params["grid.sl_weight"] == "(0.5,)" and sweep_run.data.params["trials"] == "2"
+    assert sweep_run.data.metrics["completed"] == 2 and 0 < sweep_run.data.metrics["best_test_acc_mean"] <= 1
+    assert {"summary.md", "summary.csv", "trials.csv"} <= {a.path for a in client.list_artifacts(sweep.run_id)}
+    plain_trial = client.get_run(runs[runs["params.source"] == "plain"]["run_id"].iloc[0])
+    assert [d.dataset.name for d in plain_trial.inputs.dataset_inputs] == [f"{tmp_path.name}/plain"]
 
     trials = list(csv.DictReader(io.StringIO((out / "trials.csv").read_text())))
     assert {t["trial"] for t in trials} == set(runs["tags.rgm.trial"])
@@ -285,7 +311,7 @@ def test_sweep_reads_each_source_once_and_matches_per_run_loading(ray_local, tmp
     monkeypatch.setattr(sweep, "load_dataset", counted("dataset", sweep.load_dataset))
     monkeypatch.setattr(sweep, "load_sample_set_pool", counted("sample_set", sweep.load_sample_set_pool))
     monkeypatch.setattr(sweep, "read_inputs", read_then_delete)
-    result = sweep.run_sweep(config, out=tmp_path / "sweep", track=False)
+    result = sweep.run_sweep(config, out=tmp_path / "sweep")  # no tracker: trials untracked
     assert reads == {"dataset": 2, "sample_set": 1}  # train + test splits, one set
     assert result.metrics["completed"] == 2
     for name, history in expected.items():

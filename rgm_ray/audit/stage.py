@@ -31,9 +31,9 @@ from rgm_ray.results import StageResult
 from rgm_ray.runtime import autodetect_device, set_torch_threads
 from rgm_ray.seeding import derive_seed, numpy_rng
 from rgm_ray.store import dataset_source
-from rgm_ray.store.atomic import sha256_file
+from rgm_ray.store.lineage import log_sample_sets
 from rgm_ray.store.lock import output_lock
-from rgm_ray.store.manifest import MANIFEST_NAME
+from rgm_ray.store.manifest import manifest_digest
 from rgm_ray.tracking import NullTracker, Tracker
 
 # Seed-stream path items (under the config seed), each followed by the row name's crc32.
@@ -136,8 +136,7 @@ def is_complete(out: str | Path, spec: AuditSpec | None = None) -> bool:
 
 
 def _inputs(spec: AuditSpec) -> dict[str, Any]:
-    sets = {name: sha256_file(Path(d) / MANIFEST_NAME) if (Path(d) / MANIFEST_NAME).is_file() else None
-            for name, d in spec.sets.items()}
+    sets = {name: manifest_digest(d) for name, d in spec.sets.items()}
     checkpoint = Path(spec.domain_checkpoint)
     inputs = {"real": spec.real, "sets": sets, "config": asdict(spec.config), "compare": spec.comparisons,
               "domain_checkpoint": str(checkpoint),
@@ -273,11 +272,13 @@ def audit_sets(spec: AuditSpec, *, tracker: Tracker | None = None,
         written = write_outputs(out, record, sets, bank, config,
                                 {p.name: {"pixel": p.pixel_nn[:, 0], "feature": p.feature_nn[:, 0]} for p in pools})
         metrics = {f"{row['name']}/{key}": value for row in rows for key, value in row["summary"].items()}
-        tracker.log_params({"extractor": extractor.description, "threshold_pixel": thresholds["pixel"],
-                            "threshold_feature": thresholds["feature"]})
+        # the near-copy thresholds are measured on the test split: metrics, not settings
+        metrics.update({f"threshold_{space}": thresholds[space] for space in ("pixel", "feature")})
+        tracker.log_params({"extractor": extractor.description})
         tracker.log_metrics(metrics)
         for path in written:
             tracker.log_artifact(path)
+        log_sample_sets(tracker, spec.sets.values(), context="evaluation")
         tvs = ", ".join(f"{row['name']} {row['summary']['class_tv']:.3f}" for row in rows[1:])
         copies = ", ".join(f"{row['name']} {row['summary']['near_copy_pixel']:.3f}" for row in rows[1:])
         return AuditResult(out=str(out), metrics=metrics, files=tuple(str(p) for p in written),

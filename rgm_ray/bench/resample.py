@@ -41,7 +41,7 @@ from rgm_ray.resample.stage import check_input
 from rgm_ray.runtime import init_ray
 from rgm_ray.seeding import numpy_rng
 from rgm_ray.store import LOG_WEIGHT, SAMPLE_ID, SampleSet, finish_sample_set, make_table, write_shard
-from rgm_ray.store.manifest import MANIFEST_NAME
+from rgm_ray.store.layout import MANIFEST_NAME, side_file
 from rgm_ray.weigh.transforms import self_normalize
 
 DEFAULT_N_DISK = 100_000_000
@@ -124,7 +124,7 @@ def bench_in_process(n: int, k: int, *, seed: int = 0, repeats: int = REPEATS,
 def write_weight_set(out: Path, n: int, shards: int, seed: int) -> dict[str, Any]:
     """A sample set of ``n`` rows with 1-byte images and Normal log-weights, written once: reused
     when its manifest exists, else (re)written shard by shard (each shard write is atomic)."""
-    if (out / MANIFEST_NAME).is_file():
+    if side_file(out, MANIFEST_NAME).is_file():
         return {"reused": True}
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

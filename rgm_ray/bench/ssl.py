@@ -22,14 +22,14 @@ from rgm_ray.bench.machine import machine_info
 from rgm_ray.runtime import init_ray, set_torch_threads
 from rgm_ray.ssl.sources import parse_source
 from rgm_ray.ssl.stage import load_ssl_data, run_ssl, ssl_data
-from rgm_ray.tracking import NullTracker, Tracker
+from rgm_ray.tracking import RunLink, start_run
 from rgm_ray.tune.config import load_sweep_config
 from rgm_ray.tune.sweep import SweepData, read_inputs
 
 EXPERIMENT = "bench_ssl"
 METHOD = {
     "startup_seconds": "the trial asked for (actor created, or its next call sent) -> the trial code runs",
-    "mlflow_setup_seconds": "import MLflow and open the trial's run (setup_mlflow), as a trial does",
+    "mlflow_setup_seconds": "import MLflow and open the trial's run (start_run with a RunLink), as a trial does",
     "data_seconds": "map the shared data from the object store and cut this run's splits (ssl_data)",
     "data_from_disk_seconds": "read the real splits and the source from disk instead (load_ssl_data), "
                               "what every trial paid before the sweep shared its data; timed after the run",
@@ -68,8 +68,7 @@ class TrialProbe:
     """Runs one cell as a sweep trial would, timing each phase (a Ray actor: one per bench)."""
 
     def run(self, shared: list[Any], dataset: str, root: str | None, source: str, name: str,
-            ssl_config: dict[str, Any], tracking_uri: str | None, experiment_id: str | None,
-            asked_at: float) -> dict[str, Any]:
+            ssl_config: dict[str, Any], link: RunLink | None, asked_at: float) -> dict[str, Any]:
         """``shared`` wraps the :class:`SweepData` ref so that fetching it is timed here, not by Ray."""
         import ray
 
@@ -80,23 +79,15 @@ class TrialProbe:
         config = SSLConfig.from_dict(ssl_config)
         spec = parse_source(source)
         set_torch_threads(1)
-        mlflow, tracker = None, NullTracker()
-        if tracking_uri is not None:
-            from ray.air.integrations.mlflow import setup_mlflow
-
-            mlflow = setup_mlflow({"source": name}, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                                  run_name=name)
-            tracker = Tracker(mlflow.active_run())
-        mlflow_done = time.perf_counter()
-        data: SweepData = ray.get(shared[0])
-        run_data = ssl_data(data.train, data.test, spec, config, data.pools.get(name))
-        data_done = time.perf_counter()
-        clock = _StepClock()
-        with tempfile.TemporaryDirectory(prefix="rgm-bench-ssl-") as out:
-            run_ssl(dataset, spec, config, source_name=name, out=out, tracker=tracker, progress=clock,
-                    on_epoch=clock.epoch_end, data=run_data)
-        if mlflow is not None:
-            mlflow.end_run()
+        with start_run(name, enabled=link is not None, link=link, params={"source": name}) as tracker:
+            mlflow_done = time.perf_counter()
+            data: SweepData = ray.get(shared[0])
+            run_data = ssl_data(data.train, data.test, spec, config, data.pools.get(name))
+            data_done = time.perf_counter()
+            clock = _StepClock()
+            with tempfile.TemporaryDirectory(prefix="rgm-bench-ssl-") as out:
+                run_ssl(dataset, spec, config, source_name=name, out=out, tracker=tracker, progress=clock,
+                        on_epoch=clock.epoch_end, data=run_data)
         finished = time.perf_counter()
         load_ssl_data(dataset, spec, config, root=root)
         disk_done = time.perf_counter()
@@ -104,7 +95,7 @@ class TrialProbe:
         per_step = (clock.steps[-1] - clock.steps[0]) / (steps - 1)  # bench_ssl asks for >= 2 steps
         trial = entered - asked_at + finished - started
         return {"startup_seconds": entered - asked_at,
-                "mlflow_setup_seconds": mlflow_done - started if mlflow is not None else None,
+                "mlflow_setup_seconds": mlflow_done - started if link is not None else None,
                 "data_seconds": data_done - mlflow_done, "data_from_disk_seconds": disk_done - finished,
                 "first_step_seconds": clock.steps[0] - data_done, "per_step_seconds": per_step, "steps": steps,
                 "evaluation_seconds": clock.epochs[-1] - clock.steps[-1],
@@ -113,10 +104,14 @@ class TrialProbe:
                 "pid": os.getpid(), "load_average_1m": os.getloadavg()[0]}
 
 
-def _create_experiment(tracking_uri: str, artifacts: Path) -> str:
+def _experiment(directory: Path) -> RunLink:
+    """A throwaway store in ``directory`` and the experiment the probe's runs go to (top-level runs)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri).create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    experiment_id = MlflowClient(tracking_uri).create_experiment(
+        EXPERIMENT, artifact_location=(directory / "artifacts").as_uri())
+    return RunLink(tracking_uri, experiment_id, experiment_name=EXPERIMENT)
 
 
 def bench_ssl(config_path: str | Path, overrides: Iterable[str] = (), *, source: str = "real", steps: int = 30,
@@ -149,11 +144,9 @@ def bench_ssl(config_path: str | Path, overrides: Iterable[str] = (), *, source:
         "machine": machine_info()}
     del data
     with tempfile.TemporaryDirectory(prefix="rgm-bench-ssl-mlflow-") as tmp:
-        tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}" if track else None
-        experiment_id = _create_experiment(tracking_uri, Path(tmp) / "artifacts") if track else None
+        link = _experiment(Path(tmp)) if track else None
         root = str(Path(config.root).expanduser().resolve()) if config.root else None  # the actor's cwd may differ
-        args = (config.dataset, root, sources[source], source, config.ssl_config(cell).to_dict(),
-                tracking_uri, experiment_id)
+        args = (config.dataset, root, sources[source], source, config.ssl_config(cell).to_dict(), link)
         asked_at = time.time()
         probe = ray.remote(num_cpus=1)(TrialProbe).remote()
         try:

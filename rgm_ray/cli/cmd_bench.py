@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from rgm_ray.models.registry import GENERATOR_NAMES, parse_generator_name
-from rgm_ray.pipeline.presets import PRESETS, TUNE_CONFIGS
+from rgm_ray.pipeline.presets import PRESETS
 from rgm_ray.resample.config import METHODS
 
 
@@ -84,8 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     res.set_defaults(handler=run_bench_resample, json=True)
 
     ssl = bench.add_parser("ssl", help="a sweep trial's fixed costs (start-up, data, evaluation) and per-step time")
-    ssl.add_argument("--config", default=str(TUNE_CONFIGS / "ssl_demo.yaml"),
-                     help="sweep config whose training settings are used (default: the demo's)")
+    ssl.add_argument("--config", default="ssl_demo.yaml",
+                     help="sweep config (a YAML file or a shipped name) whose training settings are used "
+                          "(default: the demo's)")
     ssl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a config value, e.g. --set sources.plain=DIR (repeatable)")
     ssl.add_argument("--source", default="real", help="unlabelled source: a name in the config's sources")

@@ -68,7 +68,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
                                   command=command_line(),
                                   progress=lambda it: progress(it, desc="export", unit="shard"))
         tracker.log_metrics({"rows": manifest.num_rows, "shards": len(manifest.shards)})
-        tracker.log_dict(manifest.to_json(), "manifest.json")
+        tracker.log_dict(manifest.to_json(), MANIFEST_NAME)
     return {"out": args.out, "rows": manifest.num_rows, "shards": len(manifest.shards),
             "shape": list(manifest.shape), "source": manifest.source,
             "message": f"wrote {manifest.num_rows} rows in {len(manifest.shards)} shards to {args.out}"}

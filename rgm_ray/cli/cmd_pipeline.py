@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.cli.common import add_cluster_args, add_preset_args, cluster_options, output_dir
+from rgm_ray.cli.common import UserError, add_cluster_args, add_preset_args, cluster_options, output_dir
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.presets import load_preset
 from rgm_ray.pipeline.runner import run_pipeline
@@ -23,6 +23,8 @@ def _add_pipeline_args(parser: argparse.ArgumentParser, *, preset: str, out: str
                         help="local Inception-V3 weights file (torch-fidelity format) for the paper preset")
     add_cluster_args(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--register-models", default=None, metavar="PREFIX",
+                        help="register each generator's MLflow model as PREFIX-<generator> (e.g. PREFIX-pixelcnn)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
 
 
@@ -36,17 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.register_models and args.no_mlflow:
+        raise UserError("--register-models registers the runs' MLflow models: drop --no-mlflow")
     preset = load_preset(args.preset, args.overrides)
     ctx = Context(preset_name=args.preset, preset=preset, run_dir=Path(args.out),
                   cluster=cluster_options(args),
-                  track=not args.no_mlflow, retrain=args.retrain, inception_weights=args.inception_weights)
+                  track=not args.no_mlflow, retrain=args.retrain, inception_weights=args.inception_weights,
+                  register_models=args.register_models)
     summary = run_pipeline(ctx, until=args.until)
     report = Path(args.out) / "report.html"
     lines = [f"pipeline '{args.preset}' finished in {summary['seconds_total']:.0f} s; run directory {args.out}"]
     if report.is_file():
         lines.append(f"report: {report} (open it in a browser) and {Path(args.out) / 'report.md'}")
     if not args.no_mlflow:
-        lines.append(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()}  "
-                     "then open http://127.0.0.1:5000")
+        uri = default_tracking_uri(args.out)
+        lines.append(f"MLflow: open {uri}" if uri.startswith(("http://", "https://")) else
+                     f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000")
     summary["message"] = "\n".join(lines)
     return summary

@@ -33,11 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    parser.add_argument("--register-model", default=None, metavar="NAME",
+                        help="register the checkpoint's MLflow model (logged in every tracked run) as NAME")
     add_common(parser)
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> TrainResult:
+    if args.register_model and args.no_mlflow:
+        raise UserError("--register-model registers the run's MLflow model: drop --no-mlflow")
     family = get_family(args.model)
     overrides = list(args.overrides)
     if args.dataset:
@@ -64,6 +68,7 @@ def run_train(args: argparse.Namespace) -> TrainResult:
                   "out": str(out)}
         with tracked_run(args, f"train-{family.name}", params) as tracker:
             try:
-                return train_generator(spec, tracker=tracker, device=device, progress=progress_bar)
+                return train_generator(spec, tracker=tracker, device=device, progress=progress_bar,
+                                       register_model=args.register_model)
             except ValueError as exc:
                 raise UserError(str(exc)) from exc

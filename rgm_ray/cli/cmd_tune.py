@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from rgm_ray.cli.common import UserError, add_common, output_dir
-from rgm_ray.tune.config import load_sweep_config
+from rgm_ray.cli.common import UserError, add_common, output_dir, tracked_run
+from rgm_ray.tune.config import load_sweep_config, shipped_config_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tune", help="sweep SL weight x labels x unlabelled source x seeds with Ray Tune (one MLflow run per trial)",
         description="Runs every cell of the config's grid as a Ray Tune trial, then writes summary.md / "
                     "summary.csv (mean ± std and 95 % t-intervals across seeds; selection on validation only).")
-    parser.add_argument("--config", required=True, help="sweep YAML, e.g. tune_configs/ssl_smoke.yaml")
+    parser.add_argument("--config", required=True,
+                        help=f"sweep YAML file, or the name of a shipped one ({', '.join(shipped_config_names())})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (YAML), e.g. --set sources.plain=DIR --set grid.seed=[0,1] "
                              "(repeatable)")
@@ -38,8 +40,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "message": f"{args.config}: valid; {len(cells)} trials, {config.resources} per trial"}
     from rgm_ray.tune.sweep import SweepFailedError, run_sweep
 
-    try:
-        return run_sweep(config, out=args.out, address=args.address, track=not args.no_mlflow,
-                         overwrite=args.overwrite)
-    except SweepFailedError as exc:
-        raise UserError(str(exc)) from exc
+    out = Path(args.out or config.out_dir).expanduser().resolve()
+    # the sweep's run, its trials' parent; its store (inside a Ray job) may live in the sweep's directory
+    with tracked_run(args, f"tune-{config.name}", {"config": args.config, "overrides": overrides},
+                     experiment=config.experiment_name, tracking_uri=config.tracking_uri, out=out,
+                     store_dir=out) as tracker:
+        try:
+            return run_sweep(config, out=out, address=args.address, tracker=tracker, overwrite=args.overwrite)
+        except SweepFailedError as exc:
+            raise UserError(str(exc)) from exc

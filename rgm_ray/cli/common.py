@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: common flags, progress bars, the one-line / JSON summary, clean errors."""
+"""Shared CLI plumbing: common flags, progress bars (from ``rgm_ray.progress``), the one-line / JSON summary,
+clean errors."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
-
-from tqdm.auto import tqdm
+from typing import Any, Callable, TypeVar
 
 from rgm_ray.pipeline.presets import PRESETS
+from rgm_ray.progress import progress, progress_bar  # the commands' bars, from the package's one implementation
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions
-from rgm_ray.tracking import start_run
+from rgm_ray.tracking import TAG_PRESET, start_run
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], "dict[str, Any] | StageResult"]
@@ -94,23 +94,16 @@ def command_line() -> str:
     return shlex.join(["rgm", *sys.argv[1:]])
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
-             disable: bool = False) -> Iterable[T]:
-    """A tqdm bar on stderr (so ``--json`` output on stdout stays clean)."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, disable=disable,
-                dynamic_ncols=True, leave=False)
-
-
-def progress_bar(*, total: int, desc: str, unit: str = "it", initial: int = 0) -> tqdm:
-    """A manually-updated tqdm bar on stderr (rate and ETA included)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                leave=False)
-
-
-def tracked_run(args: argparse.Namespace, run_name: str, params: dict[str, Any]):
-    """Open the command's MLflow run, honouring ``--no-mlflow`` and ``--experiment``."""
-    return start_run(run_name, enabled=not getattr(args, "no_mlflow", True),
-                     experiment=getattr(args, "experiment", None), params=params)
+def tracked_run(args: argparse.Namespace, run_name: str, params: dict[str, Any], **options: Any):
+    """Open the command's MLflow run, honouring ``--no-mlflow`` and ``--experiment``, tagged with its
+    ``--preset`` and ``--out``. Inside a Ray job the default store goes beside ``--out``, which may be a
+    sample set that is replaced whole (``options`` go to :func:`~rgm_ray.tracking.start_run`)."""
+    out = getattr(args, "out", None)
+    options = {"experiment": getattr(args, "experiment", None), "out": out,
+               "store_dir": Path(out).expanduser().resolve().parent if out else None, **options}
+    preset = getattr(args, "preset", None)
+    return start_run(run_name, enabled=not getattr(args, "no_mlflow", True), params=params,
+                     tags={TAG_PRESET: preset} if preset else None, **options)
 
 
 def emit_summary(args: argparse.Namespace, summary: dict[str, Any] | StageResult) -> None:

@@ -23,9 +23,9 @@ from rgm_ray.evaluate.protocol import EvalConfig, evaluate, validate_sets
 from rgm_ray.models.domain import ensure_domain
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import autodetect_device, set_torch_threads
-from rgm_ray.store.atomic import sha256_file
+from rgm_ray.store.lineage import log_sample_sets
 from rgm_ray.store.lock import output_lock
-from rgm_ray.store.manifest import MANIFEST_NAME
+from rgm_ray.store.manifest import manifest_digest
 from rgm_ray.tracking import NullTracker, Tracker
 
 DOMAIN_DIR = "domain"
@@ -83,8 +83,7 @@ def is_complete(out: str | Path, spec: EvaluateSpec | None = None) -> bool:
 
 def _inputs(spec: EvaluateSpec) -> dict[str, Any]:
     """What the numbers depend on besides the code: the sets' manifests and the protocol."""
-    sets = {name: sha256_file(Path(directory) / MANIFEST_NAME) if (Path(directory) / MANIFEST_NAME).is_file() else None
-            for name, directory in spec.sets.items()}
+    sets = {name: manifest_digest(directory) for name, directory in spec.sets.items()}
     inputs = {"real": spec.real, "sets": sets, "config": asdict(spec.config), "features": spec.features,
               "extractor": spec.domain_checkpoint or spec.inception_weights}
     return json.loads(json.dumps(inputs))  # as metrics.json holds it (tuples become lists)
@@ -126,6 +125,7 @@ def evaluate_sets(spec: EvaluateSpec, *, tracker: Tracker | None = None,
         tracker.log_metrics(mlflow_metrics(evaluation))
         for path in written:
             tracker.log_artifact(path)
+        log_sample_sets(tracker, spec.sets.values(), context="evaluation")
         fids = ", ".join(f"{row.name} {row.mean()[KEY_FID]:.3g}" for row in evaluation.rows)
         return EvaluateResult(
             out=str(out), extractor=extractor.to_dict(), files=tuple(str(p) for p in written),

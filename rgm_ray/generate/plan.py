@@ -1,6 +1,6 @@
 """What a generation run will produce, fixed before any shard is drawn.
 
-The plan (checkpoint digest, N, shard size, seed, sampler) is written to ``generation.json`` when a
+The plan (checkpoint digest, N, shard size, seed, sampler) is written to ``_generation.json`` when a
 run starts; a generator plugin's plan (:class:`PluginPlan`) adds the plugin reference, its arguments
 and its image shape, its digest standing in for the checkpoint's. Re-running with the same plan
 resumes; a different plan against the same directory is refused unless ``--overwrite``. Shard ``i``
@@ -20,8 +20,8 @@ import numpy as np
 
 from rgm_ray.seeding import derive_seed
 from rgm_ray.store.atomic import atomic_write_json
+from rgm_ray.store.layout import PLAN_FILE, migrate_layout, side_file
 
-PLAN_FILE = "generation.json"
 PLUGIN_KIND = "plugin"  # a plugin plan's ``kind`` and ``sampler``
 
 
@@ -64,7 +64,7 @@ class GenerationPlan:
         return derive_seed(self.seed, index)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form recorded in ``generation.json`` and compared on every re-run."""
+        """The JSON form recorded in ``_generation.json`` and compared on every re-run."""
         return asdict(self)
 
     def digest(self) -> str:
@@ -101,10 +101,12 @@ def write_plan(directory: str | Path, plan: GenerationPlan) -> None:
 def check_or_write_plan(directory: str | Path, plan: GenerationPlan) -> bool:
     """Record ``plan`` in ``directory``; return True if a matching plan was already there (resume).
 
-    Raises PlanMismatchError naming the differing fields if another plan is recorded there.
+    Raises PlanMismatchError naming the differing fields if another plan is recorded there. A set of
+    the same plan in the old layout (``generation.json``) is resumed in the new one: its side files
+    are renamed first (:func:`~rgm_ray.store.layout.migrate_layout`).
     """
     directory = Path(directory)
-    path = directory / PLAN_FILE
+    path = side_file(directory, PLAN_FILE)
     if path.is_file():
         try:
             recorded = json.loads(path.read_text())
@@ -116,6 +118,7 @@ def check_or_write_plan(directory: str | Path, plan: GenerationPlan) -> bool:
             details = ", ".join(f"{k}: {recorded.get(k)!r} -> {mine.get(k)!r}" for k in differing)
             raise PlanMismatchError(f"{directory} holds samples from another run ({details}); "
                                     "pass --overwrite to replace them or choose another --out")
+        migrate_layout(directory)
         return True
     # hidden names do not count: a run killed while writing this plan leaves its temporary behind
     if directory.exists() and any(not p.name.startswith(".") for p in directory.iterdir()):

@@ -40,7 +40,7 @@ from rgm_ray.store import (ManifestError, SampleSet, ShardInfo, finish_sample_se
 from rgm_ray.store.atomic import replace_directory
 from rgm_ray.store.completion import check_not_inside
 from rgm_ray.store.lock import output_lock
-from rgm_ray.store.manifest import MANIFEST_NAME
+from rgm_ray.store.layout import MANIFEST_NAME, side_file
 from rgm_ray.store.schema import BASE_FIELDS
 from rgm_ray.tracking import NullTracker, Tracker
 
@@ -182,7 +182,7 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
         plan = spec.plan()
         target = out
         if overwrite and out.exists() and not _holds_plan(out, plan):
-            if not ((out / PLAN_FILE).is_file() or (out / MANIFEST_NAME).is_file()):
+            if not (side_file(out, PLAN_FILE).is_file() or side_file(out, MANIFEST_NAME).is_file()):
                 raise PlanMismatchError(f"{out} is not empty and was not written by 'rgm generate'; --overwrite "
                                         "replaces only sample sets, choose another --out")
             target = out.with_name(f".{out.name}.overwrite")
@@ -196,7 +196,7 @@ def generate_sample_set(spec: GenerateSpec, cluster: ClusterOptions = ClusterOpt
 
 def _holds_plan(directory: Path, plan: GenerationPlan) -> bool:
     try:
-        return json.loads((directory / PLAN_FILE).read_text()) == plan.to_dict()
+        return json.loads(side_file(directory, PLAN_FILE).read_text()) == plan.to_dict()
     except (OSError, ValueError):
         return False
 
@@ -204,7 +204,7 @@ def _holds_plan(directory: Path, plan: GenerationPlan) -> bool:
 def _fill(checkpoint: Path | None, out: Path, plan: GenerationPlan, cluster: ClusterOptions, batch_size: int,
           tracker: Tracker, command: str | None, progress, on_shard_done) -> GenerateResult:
     """Draw the shards ``out`` lacks for ``plan`` (of ``checkpoint``, None for a plugin) and write its manifest."""
-    check_or_write_plan(out, plan)
+    check_or_write_plan(out, plan)  # from here on ``out`` has the new layout (its side files' new names)
     shape = plan.image_shape if isinstance(plan, PluginPlan) else _checkpoint_shape(checkpoint)
     done: dict[int, ShardInfo] = {}
     for index in range(plan.num_shards):
@@ -329,6 +329,8 @@ def _run_workers(checkpoint: Path | None, out: Path, plan: GenerationPlan, clust
     finally:
         if bar is not None:
             bar.close()
+        for ref in inflight:  # backup copies still out: cancelled, or Ray reports each kill as a failed call
+            ray.cancel(ref)
         for actor in actors:
             ray.kill(actor)
     return {"workers": n_workers, "pids": pids, KEY_WALL_SECONDS: time.perf_counter() - started,

@@ -31,7 +31,7 @@ from rgm_ray.models.checkpoint import (WEIGHTS_FILE, load_trainer_state, load_we
 from rgm_ray.models.extractors import FeatureExtractorSpec, build_feature_extractor
 from rgm_ray.models.gan import GAN, sample_gan, to_signed_unit
 from rgm_ray.models.training import (CHECKPOINT_DIR, KEY_IMAGES_PER_SEC, KEY_LR, KEY_TRAIN_SECONDS, METRICS_JSON,
-                                     SAMPLES_PNG, TrainConfig, resume_identity)
+                                     SAMPLES_PNG, TrainConfig, resume_identity, step_metrics)
 from rgm_ray.seeding import numpy_rng, torch_generator
 from rgm_ray.store.atomic import atomic_write_json
 from rgm_ray.tracking import NullTracker, Tracker
@@ -200,7 +200,7 @@ def train_gan(model: GAN, train_images: np.ndarray, test_images: np.ndarray, con
         metrics[KEY_LR] = schedulers["discriminator"].get_last_lr()[0]
         if step % config.eval_every == 0 or step == total_steps:
             metrics.update(evaluate())
-        tracker.log_metrics(metrics, step=step)
+        tracker.log_metrics(step_metrics(metrics), step=step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k != KEY_LR})

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, eval_no_grad
 from rgm_ray.models.pixelcnnpp_cache_graph import INPUT, Term
 from rgm_ray.models.pixelcnnpp_cache_plan import Invocation, Plan, build_plan
 from rgm_ray.models.pixelcnnpp_noise import check_noise
+from rgm_ray.progress import progress as show  # its argument ``progress`` is a switch
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def run_plan(
         canvas = _input_canvas(bound, channels)
         params = bound[plan.output].raw  # [slots, B, P]
         param_slots = plan.slots[plan.output].tolist()  # pixel -> slot in the output's ring
-        for step in tqdm(range(pixels), disable=not progress, desc="cached sampling", unit="px"):
+        for step in show(range(pixels), disable=not progress, desc="cached sampling", unit="px"):
             _run_step(bound, plan, step)
             pixel = lm.sample_pixels(params[param_slots[step]], mix_u[:, step], pix_u[:, step])  # [B, C]
             canvas[step, :, :channels] = lm.to_unit_range(pixel)  # the canvas keeps every row

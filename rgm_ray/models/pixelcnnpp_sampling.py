@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rgm_ray.models import logistic_mixture as lm
 from rgm_ray.models.pixelcnnpp import PixelCNNpp, eval_no_grad
 from rgm_ray.models.pixelcnnpp_cached import sample_cached
 from rgm_ray.models.pixelcnnpp_noise import check_noise, draw_sampling_noise
+from rgm_ray.progress import progress as show  # its argument ``progress`` is a switch
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -36,7 +36,7 @@ def sample_naive(model: PixelCNNpp, mix_u: Tensor, pix_u: Tensor, *, progress: b
         dtype = next(model.parameters()).dtype  # a float64 model samples in float64 (see pixelcnnpp_cached)
         # Unfilled pixels have no influence.
         canvas = torch.zeros(batch, channels, size, size, device=device, dtype=dtype)
-        for i, j in tqdm(positions, disable=not progress, desc="naive sampling", unit="px"):
+        for i, j in show(positions, disable=not progress, desc="naive sampling", unit="px"):
             params = model(canvas)[:, :, i, j]  # [B,P]
             pixel = lm.sample_pixels(params, mix_u[:, i, j], pix_u[:, i, j])  # uint8 [B,C]
             canvas[:, :, i, j] = lm.to_unit_range(pixel)

@@ -28,7 +28,8 @@ from rgm_ray.configs import strict_from_dict
 
 KEY_TRAIN_BPD = "train_bpd"
 KEY_TEST_BPD = "test_bpd"
-KEY_LR = "lr"
+KEY_LR = "lr"  # metrics.json: the schedule's learning rate at the last step
+KEY_SCHEDULED_LR = "scheduled_lr"  # its MLflow series, named apart from the configured ``train.lr`` param
 KEY_IMAGES_PER_SEC = "train_images_per_sec"
 KEY_TRAIN_SECONDS = "train_seconds"
 CHECKPOINT_DIR = "checkpoint"
@@ -84,6 +85,12 @@ def evaluate_bpd(model: nn.Module, images: np.ndarray, *, batch_size: int, devic
         count += len(batch)
     model.train(was_training)
     return total / count
+
+
+def step_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """One step's numbers as MLflow logs them: the learning rate under its schedule is a measured
+    series (``scheduled_lr``), not the configuration value ``lr`` a run's params hold."""
+    return {KEY_SCHEDULED_LR if key == KEY_LR else key: value for key, value in metrics.items()}
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -154,7 +161,7 @@ def train(model: nn.Module, train_images: np.ndarray, test_images: np.ndarray, c
             if step % config.eval_every == 0 or step == total_steps:
                 metrics[KEY_TEST_BPD] = evaluate_bpd(model, test_images[: config.eval_images],
                                                      batch_size=config.batch_size, device=device)
-            tracker.log_metrics(metrics, step=step)
+            tracker.log_metrics(step_metrics(metrics), step=step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k != KEY_LR})

@@ -19,6 +19,7 @@ class Context:
     track: bool = True
     retrain: bool = False
     inception_weights: str | None = None  # local Inception-V3 weights file (paper preset)
+    register_models: str | None = None  # MLflow registry prefix: each generator as <prefix>-<name>
     outputs: dict[str, Any] = field(default_factory=dict)  # stage name -> its result, as recorded
 
     def config(self, name: str) -> Any:

@@ -27,9 +27,9 @@ from rgm_ray.weigh.stage import WeighConfig
 from rgm_ray.models.registry import FAMILIES, GENERATOR_NAMES
 from rgm_ray.resample import ResampleConfig
 from rgm_ray.resample.config import METHODS
+from rgm_ray.tune.config import sweep_config_path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TUNE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "tune_configs"
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,17 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class SSLSettings:
-    """The ``ssl`` section: which sweep in ``tune_configs/`` to run, with ``key=value`` overrides."""
+    """The ``ssl`` section: which sweep to run (a shipped name or a YAML file), with ``key=value`` overrides."""
 
     config: str = "ssl_demo.yaml"
     overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", tuple(self.overrides))
-        if not (TUNE_CONFIGS / self.config).is_file():
-            raise ValueError(f"ssl.config: no {TUNE_CONFIGS / self.config}")
+        try:
+            sweep_config_path(self.config)
+        except FileNotFoundError as exc:
+            raise ValueError(f"ssl.config: {exc}") from exc
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SSLSettings":
@@ -121,7 +123,11 @@ PRESETS: dict[str, Preset] = {
         "gan": {"latent_dim": 64, "base_channels": 32},
         "train_gan": {"epochs": 5, "batch_size": 64, "lr": 2e-4, "eval_every": 500, "eval_images": 2000,
                       "checkpoint_every": 500},
-        "domain": {"epochs": 1, "batch_size": 128, "train_images": 20000},
+        # the committed rgm_ray/assets/demo/domain network's recipe (copied unless --retrain; TRAINING.md): the
+        # first 30000 train images only, so the weigh stage keeps the other 30000 as unseen real images
+        "domain": {"epochs": 30, "batch_size": 128, "lr": 2e-3, "train_images": 30000, "schedule": "cosine",
+                   "warmup_epochs": 1.0, "weight_decay": 0.05, "label_smoothing": 0.1, "crop_padding": 2,
+                   "flip": True},
         "generate": {"num_samples": 6000, "shard_size": 500, "batch_size": 100},
         "pipeline": {"pretrained": "demo", "compare_methods": ["rejection", "mh"],
                      # exact rejection (M = max w) keeps ~1 % of 6000 samples: too few to compare at k = 1000

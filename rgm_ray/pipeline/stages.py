@@ -20,21 +20,21 @@ from rgm_ray.audit import AuditSpec, audit_sets
 from rgm_ray.data import load_dataset
 from rgm_ray.evaluate import EvaluateSpec, evaluate_sets
 from rgm_ray.generate import GenerateSpec, generate_sample_set
-from rgm_ray.models.checkpoint import CONFIG_FILE
+from rgm_ray.models.checkpoint import CONFIG_FILE, read_checkpoint_config
 from rgm_ray.models.domain import ensure_domain
 from rgm_ray.models.gan_training import GANTrainConfig
 from rgm_ray.models.registry import THESIS_GENERATOR, get_family
-from rgm_ray.models.train_generator import TrainResult, TrainSpec, train_generator
+from rgm_ray.models.train_generator import TrainResult, TrainSpec, log_training, train_generator
 from rgm_ray.models.training import CHECKPOINT_DIR, METRICS_JSON
 from rgm_ray.pipeline.context import Context
-from rgm_ray.pipeline.presets import ASSETS, TUNE_CONFIGS
+from rgm_ray.pipeline.presets import ASSETS
 from rgm_ray.report.build import build_report
 from rgm_ray.resample import ResampleSpec, resample_sample_set
 from rgm_ray.resample.summary import KEY_DRAWS
 from rgm_ray.results import StageResult
 from rgm_ray.store import ManifestError, SampleSet, export_dataset
 from rgm_ray.tracking import Tracker
-from rgm_ray.tune.config import load_sweep_config
+from rgm_ray.tune.config import load_sweep_config, sweep_config_path
 from rgm_ray.tune.sweep import run_sweep
 from rgm_ray.weigh import WeighSpec
 from rgm_ray.weigh.backbones import GAN_DISCRIMINATOR
@@ -42,6 +42,7 @@ from rgm_ray.weigh.stage import SCORING_CLUSTER
 from rgm_ray.weigh.variants import WeighVariant, weigh_variants
 
 SPLITS = ("train", "test")
+DOMAIN_ASSET = "domain"  # rgm_ray/assets/<pretrained>/domain: the committed domain network, beside the generators
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,25 @@ def _run_data(ctx: Context, tracker: Tracker) -> StageResult:
 
 
 def _run_domain(ctx: Context, tracker: Tracker) -> StageResult:
-    data = ctx.config("data")
+    """Copy the preset's committed domain network (``rgm_ray/assets/<pretrained>/domain``) when the run
+    uses committed checkpoints and it was trained with the preset's ``domain`` section; train otherwise."""
+    data, pretrained = ctx.config("data"), ctx.config("pipeline").pretrained
+    committed = ASSETS / pretrained / DOMAIN_ASSET / CHECKPOINT_DIR if pretrained and not ctx.retrain else None
     domain = ensure_domain(data["dataset"], ctx.path("domain"), ctx.config("domain"), root=data["root"],
-                           tracker=tracker)
+                           committed=committed, tracker=tracker)
+    copied = {"pretrained": pretrained} if domain.copied_from is not None else {}
+    tracker.log_params({"dataset": data["dataset"], **dataclasses.asdict(ctx.config("domain")), **copied})
     tracker.log_metrics({k: v for k, v in domain.metrics.items() if isinstance(v, float)})
-    return StageResult(out=str(domain.path), metrics=domain.metrics)
+    origin = _origin(ctx, DOMAIN_ASSET) if domain.copied_from is not None else "trained in this run"
+    return StageResult(out=str(domain.path), metrics={**domain.metrics, "origin": origin})
 
 
 def _domain_complete(ctx: Context) -> bool:
     return (ctx.path("domain") / CONFIG_FILE).is_file()
+
+
+def _describe_domain(ctx: Context) -> dict[str, Any]:
+    return {"out": str(ctx.path("domain")), **read_checkpoint_config(ctx.path("domain"))["metrics"]}
 
 
 def _train_out(name: str) -> Callable[[Context], Path]:
@@ -113,7 +124,7 @@ def _train_complete(name: str) -> Callable[[Context], bool]:
 
 
 def _origin(ctx: Context, name: str) -> str:
-    """Where generator ``name``'s checkpoint comes from in this run (the report's Table 6.1 says it)."""
+    """Where generator (or domain network) ``name``'s checkpoint comes from in this run (the report says it)."""
     pretrained = ctx.config("pipeline").pretrained
     if pretrained and not ctx.retrain:
         return f"committed checkpoint rgm_ray/assets/{pretrained}/{name} (see its TRAINING.md)"
@@ -150,9 +161,8 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
                 shutil.rmtree(out)  # an unfinished copy
             shutil.copytree(ASSETS / pretrained / name, out)
             result = _finished_training(ctx, name)
-            tracker.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
-            tracker.log_params({"pretrained": pretrained, "family": name})
-            tracker.set_tags({"origin": result.origin})
+            tracker.log_params({"pretrained": pretrained})
+            log_training(tracker, result, register_model=_registered_name(ctx, name), with_config=True)
             return result
         data = ctx.config("data")
         train = ctx.config(family.train_section)
@@ -160,8 +170,14 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
             train = dataclasses.replace(train, fid_domain_checkpoint=str(ctx.path("domain")))
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
                          model=ctx.config(family.preset_section), train=train, preset=ctx.preset_name)
-        return train_generator(_logged(spec, tracker), tracker=tracker, origin=_origin(ctx, name))
+        return train_generator(_logged(spec, tracker), tracker=tracker, origin=_origin(ctx, name),
+                               register_model=_registered_name(ctx, name))
     return run
+
+
+def _registered_name(ctx: Context, name: str) -> str | None:
+    """``<prefix>-<generator>`` in the MLflow model registry, with ``--register-models PREFIX``."""
+    return f"{ctx.register_models}-{name}" if ctx.register_models else None
 
 
 # --- samples, weights, resampling ---------------------------------------------------------------------
@@ -319,7 +335,7 @@ def _sweep_sources(ctx: Context) -> dict[str, str]:
 def sweep_overrides(ctx: Context) -> tuple[Path, list[str]]:
     """The preset's sweep config file and the overrides that point it at this run's sets."""
     settings = ctx.config("ssl")
-    config_path = TUNE_CONFIGS / settings.config
+    config_path = sweep_config_path(settings.config)
     sweep = load_sweep_config(config_path, settings.overrides)
     data = ctx.config("data")
     paths = _sweep_sources(ctx)
@@ -340,12 +356,9 @@ def sweep_overrides(ctx: Context) -> tuple[Path, list[str]]:
 def _run_ssl(ctx: Context, tracker: Tracker) -> StageResult:
     config_path, overrides = sweep_overrides(ctx)
     sweep = load_sweep_config(config_path, overrides)
-    tracker.log_params({"config": str(config_path), "overrides": overrides, "trials": len(sweep.cells())})
-    result = run_sweep(sweep, out=ctx.path("ssl"), address=ctx.cluster.address, track=ctx.track, overwrite=True)
-    tracker.log_metrics(result.metrics)
-    for path in result.files.values():
-        tracker.log_artifact(path)
-    return result
+    tracker.log_params({"config": str(config_path), "overrides": overrides})
+    # the trials become child runs of this stage run, which also gets the sweep's params, metrics and tables
+    return run_sweep(sweep, out=ctx.path("ssl"), address=ctx.cluster.address, tracker=tracker, overwrite=True)
 
 
 def _run_report(ctx: Context, tracker: Tracker) -> StageResult:
@@ -361,7 +374,7 @@ def stages_for(ctx: Context) -> list[Stage]:
     gens = ctx.generators
     stages = [Stage("data", _data_out, lambda c: all(_is_set(c.path("data", f"real_{s}")) for s in SPLITS),
                     _run_data),
-              Stage("domain", lambda c: c.path("domain"), _domain_complete, _run_domain)]
+              Stage("domain", lambda c: c.path("domain"), _domain_complete, _run_domain, _describe_domain)]
     stages += [Stage(f"train_{g}", _train_out(g), _train_complete(g), _run_train(g), _describe_train(g))
                for g in gens]
     stages += [Stage(f"generate_{g}", lambda c, g=g: c.path("samples", g),

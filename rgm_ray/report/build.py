@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rgm_ray.audit.outputs import AUDIT_JSON, CLASS_BARS_PNG, HEADER as AUDIT_HEADER, table as audit_table
+from rgm_ray.models.checkpoint import read_checkpoint_config
+from rgm_ray.models.domain import KEY_TEST_ACCURACY
 from rgm_ray.models.gan_training import KEY_FID
 from rgm_ray.models.registry import GENERATOR_NAMES, get_family
 from rgm_ray.resample.config import METHODS
@@ -40,6 +42,31 @@ def _generators(outputs: dict[str, Any]) -> list[str]:
     return [g for g in NAMES if f"train_{g}" in outputs]
 
 
+def _domain_net(outputs: dict[str, Any]) -> str:
+    """This run's domain network and its test accuracy. The pipeline computes every domain-feature number
+    (weigh's domain backbone, evaluate's IS/FID/KID, the audit) in its domain stage's network, so each
+    table of them says how good that feature space is."""
+    accuracy = (outputs.get("domain") or {}).get(KEY_TEST_ACCURACY)
+    return "the domain ResNet, " + ("test accuracy not recorded" if accuracy is None
+                                    else f"{100 * accuracy:.1f} % test accuracy")
+
+
+def _features(outputs: dict[str, Any], extractor: dict[str, Any]) -> str:
+    """The feature space of an evaluation's ``metrics.json`` extractor, with the domain network's accuracy."""
+    return f"the features of {_domain_net(outputs)}" if extractor.get("kind") == "domain" else "Inception-V3 features"
+
+
+def _fid_features(outputs: dict[str, Any], g: str) -> str:
+    """Whose features generator ``g``'s training FID is in: this run's domain network, or (a committed
+    GAN, a preset's own ``fid_domain_checkpoint``) another one."""
+    train = outputs[f"train_{g}"]
+    used = (read_checkpoint_config(train["checkpoint"]).get("train_config") or {}).get("fid_domain_checkpoint")
+    if used == (outputs.get("domain") or {}).get("out"):
+        return f"The {NAMES[g]}'s FID is in the features of {_domain_net(outputs)}."
+    return (f"The {NAMES[g]}'s FID is in the features of another domain network ({used}), not this run's; a committed "
+            "checkpoint's TRAINING.md gives its accuracy.")
+
+
 def section_models(outputs: dict[str, Any]) -> Section:
     """Table 6.1: model size, training cost and measured sampling cost per 250 samples."""
     rows = []
@@ -59,7 +86,9 @@ def section_models(outputs: dict[str, Any]) -> Section:
              "minutes per 250 samples (one worker)", "samples/s (all workers)", "checkpoint"], rows,
             "Measured on this run's hardware. VAE bits/dim is the negative ELBO (an upper bound). A GAN has no "
             "likelihood: its quality number is the domain-feature FID of its samples against the test split, "
-            "logged by its trainer."))
+            "logged by its trainer. "
+            + " ".join(_fid_features(outputs, g) for g in _generators(outputs)
+                       if outputs[f"train_{g}"].get(KEY_FID) is not None)))
         for g in _generators(outputs):
             grid = Path(outputs[f"train_{g}"]["run"]) / "samples.png"
             if grid.is_file():
@@ -89,7 +118,8 @@ def section_evaluation(outputs: dict[str, Any]) -> Section:
     arrows = {"is": "IS ↑", "fid": "FID ↓", "kid": "KID ↓", "precision": "precision ↑", "recall": "recall ↑"}
     comparable = extractor.get("comparable_to_inception_numbers", False)
     caption = (f"{metrics['runs']} runs of k = {metrics['k']} images per set, mean ± std. Features: "
-               f"{extractor.get('description', extractor.get('kind'))}. "
+               f"{extractor.get('description', extractor.get('kind'))}"
+               + (f" ({_domain_net(outputs)}). " if extractor.get("kind") == "domain" else ". ")
                + ("Inception-V3 numbers, comparable to the literature." if comparable else
                   "These are domain-feature numbers, NOT Inception-V3 numbers: compare rows with each other, "
                   "not with published IS/FID/KID."))
@@ -102,7 +132,7 @@ def section_evaluation(outputs: dict[str, Any]) -> Section:
 def section_weights(outputs: dict[str, Any]) -> Section:
     """Table 6.2 (estimator accuracy and calibration) and Figures 6.2-6.5 (reliability, weights, ESS)."""
     section = Section("Importance weights (Table 6.2)")
-    rows, figures = [], []
+    rows, figures, backbones = [], [], set()
     variants = weigh_variants(_generators(outputs))
     for variant in variants:
         weigh = outputs.get(f"weigh_{variant.name}")
@@ -113,6 +143,7 @@ def section_weights(outputs: dict[str, Any]) -> Section:
         summary = json.loads((out / "weights_summary.json").read_text())
         before, after = calibration["pooled"]["before"], calibration["pooled"]["after"]
         temperatures = ", ".join(f"{t:.2f}" for t in calibration.get("temperatures", []))
+        backbones.add(calibration["backbone"]["kind"])
         rows.append([variant.label, calibration["backbone"]["kind"], _fmt(before["accuracy"]), _fmt(before["roc_auc"]),
                      f"{_fmt(before['ece'], 2)} → {_fmt(after['ece'], 2)}",
                      f"{_fmt(before['brier'], 2)} → {_fmt(after['brier'], 2)}", temperatures or "–",
@@ -132,6 +163,7 @@ def section_weights(outputs: dict[str, Any]) -> Section:
         "Real-vs-generated classifier measured on held-out cross-fitting folds; every sample's weight "
         "comes from the fold model that never saw it. Accuracy and ROC-AUC are before temperature scaling "
         "(scaling does not change them)."
+        + (f" Backbone 'domain': {_domain_net(outputs)}." if "domain" in backbones else "")
         + (" A GAN's own-discriminator row scores with the GAN's trained discriminator (no classifier is "
            "fitted; only its temperature, per fold)." if any(v.backbone for v in variants) else "")))
     section.figures = figures
@@ -184,7 +216,7 @@ def section_methods(outputs: dict[str, Any]) -> Section:
         f"M = a quantile of w, as in discriminator rejection sampling, draws from min(w, M) instead); mh: an independence "
         f"Metropolis-Hastings chain over the generated samples as proposals (acceptance = moves taken). "
         f"{metrics['runs']} runs of k = {metrics['k']} images per set (the size every method reached), "
-        f"mean ± std, domain features unless stated in Table 6.3. An independence chain that meets a heavy "
+        f"mean ± std, in {_features(outputs, metrics['extractor'])}. An independence chain that meets a heavy "
         f"weight stays on it (most copies), which costs diversity where a few weights dominate."))
     return section
 
@@ -242,7 +274,7 @@ def section_audit(outputs: dict[str, Any]) -> Section:
         return section
     out = Path(audited["out"])
     caption, rows, changes = audit_table(json.loads((out / AUDIT_JSON).read_text()))
-    section.tables.append(Table(list(AUDIT_HEADER), rows, caption))
+    section.tables.append(Table(list(AUDIT_HEADER), rows, f"{caption} Feature space: {_domain_net(outputs)}."))
     if changes:
         section.paragraphs.append("Change in near-copy fraction (resampled − plain, 95 % interval): "
                                   + " ".join(line.removeprefix("- ") + "." for line in changes))

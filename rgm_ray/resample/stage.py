@@ -25,7 +25,8 @@ property of the image). Without replacement the rows are in selection order (des
 so any prefix is itself a weighted sample without replacement); with replacement there is one row
 per distinct sample, in ascending ``sample_id``, with ``copies`` summing to k. The summary is stored
 in the output manifest's ``info["resample"]`` (everything but the total wall time, known only after
-the manifest is written) and logged to MLflow. Each input row counts once: a ``copies`` column in the
+the manifest is written) and logged to MLflow: its measurements as metrics (``alpha`` is the α used,
+chosen or given), how α was set as the param ``alpha_source``; the config is the caller's params. Each input row counts once: a ``copies`` column in the
 input (a set that was itself resampled with replacement) is not read.
 
 Where the pieces live: ``config`` (what to draw), ``selection`` (passes 1-2, on ``shard_pool``),
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,15 +47,19 @@ from rgm_ray.resample.output_set import read_selected_rows, write_selection
 from rgm_ray.resample.selection import check_size, select
 from rgm_ray.resample.shard_io import ROW_COLUMNS
 from rgm_ray.resample.shard_pool import ShardRunner
-from rgm_ray.resample.summary import KEY_SELECTION_SECONDS, KEY_WALL_SECONDS, SUMMARY_ARTIFACT, describe, summarize
+from rgm_ray.resample.summary import (KEY_ALPHA, KEY_ALPHA_SOURCE, KEY_SELECTION_SECONDS, KEY_WALL_SECONDS,
+                                      SUMMARY_ARTIFACT, describe, summarize)
 from rgm_ray.results import StageResult
 from rgm_ray.runtime import ClusterOptions, init_ray
 from rgm_ray.store import ArtefactExistsError, ManifestError, SampleSet, provenance
 from rgm_ray.store.completion import check_not_inside
+from rgm_ray.store.lineage import log_sample_sets
 from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import NullTracker, Tracker
 
 INFO_SUMMARY, INFO_CONFIG = "resample", "config"  # keys of the output manifest's ``info``
+# Summary facts that repeat the config: params of the caller's run, not measurements (``alpha`` is the α used).
+_CONFIG_FACTS = frozenset(f.name for f in fields(ResampleConfig)) - {KEY_ALPHA}
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,8 @@ def resample_sample_set(spec: ResampleSpec, cluster: ClusterOptions = ClusterOpt
         summary[KEY_WALL_SECONDS] = time.perf_counter() - started
         metrics = {key: value for key, value in summary.items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
-        tracker.log_metrics(metrics)
+        tracker.log_metrics({key: value for key, value in metrics.items() if key not in _CONFIG_FACTS})
+        tracker.log_params({KEY_ALPHA_SOURCE: summary[KEY_ALPHA_SOURCE]})
         tracker.log_dict({**summary, "out": str(out)}, SUMMARY_ARTIFACT)
+        log_sample_sets(tracker, [samples.path], context="resampling")
         return ResampleResult(out=str(out), metrics=metrics, summary=summary)

@@ -28,6 +28,7 @@ from rgm_ray.ssl.labels import balanced_label_subset, split_train_val
 from rgm_ray.ssl.sources import NONE, REAL, SourceSpec, UnlabeledPool, load_sample_set_pool, pool_from_images
 from rgm_ray.ssl.trainer import DEFAULT_VAL_SIZE, EpochCallback, SSLConfig, SSLData, train_ssl
 from rgm_ray.store.atomic import ArtefactExistsError, atomic_write_json
+from rgm_ray.store.lineage import log_sample_sets
 from rgm_ray.tracking import NullTracker, Tracker
 
 METRICS_JSON = "metrics.json"
@@ -120,6 +121,7 @@ def run_ssl(dataset: str, source: SourceSpec, config: SSLConfig, *, root: str | 
     model = ResNet(ResNetConfig(in_channels=data.labeled_x.shape[1], num_classes=data.num_classes), seed=config.seed)
     unlabeled_info = {} if data.unlabeled is None else dict(data.unlabeled.info)
     tracker.log_params({"sizes": data.sizes(), "unlabeled_info": unlabeled_info})
+    log_sample_sets(tracker, [] if source.path is None else [source.path], context="training")
     result = train_ssl(model, data, config, device=device, tracker=tracker, progress=progress, on_epoch=on_epoch)
     summary = {"dataset": dataset, "labels": config.labels_name, "unlabeled": str(source),
                "unlabeled_name": source_name or source.default_name, "unlabeled_info": unlabeled_info,

@@ -2,9 +2,10 @@
 
 A stage whose output is several artefacts (the weigh stage: a weighted set, calibration and weight
 diagnostics, the fitted classifier) is finished only when *all* of them are. The stage writes them,
-then ``_complete.json`` last and atomically, listing each artefact's SHA-256 (a directory is named by
-its ``manifest.json``, or its files' hashes): that one rename is the publication. A directory without the marker, or whose
-listed artefacts are missing or changed, is unfinished; the stage may resume into it.
+then ``_complete.json`` last and atomically, listing each artefact's SHA-256 (a sample set is named by
+its manifest's, any other directory by its files' hashes): that one rename is the publication. A
+directory without the marker, or whose listed artefacts are missing or changed, is unfinished; the
+stage may resume into it.
 
 Replacing a finished output (``--overwrite``) builds the new one in a hidden sibling directory and
 swaps it in only when it is complete, so a failed replacement leaves the old output untouched.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rgm_ray.store.atomic import ArtefactExistsError, atomic_write_json, replace_directory, sha256_file
-from rgm_ray.store.manifest import MANIFEST_NAME
+from rgm_ray.store.manifest import manifest_digest
 
 COMPLETE_FILE = "_complete.json"
 
@@ -32,8 +33,8 @@ def _digest(path: Path) -> str:
     """A file's SHA-256; a sample set's manifest's; any other directory's over its files' names and hashes."""
     if not path.is_dir():
         return sha256_file(path)
-    if (path / MANIFEST_NAME).is_file():
-        return sha256_file(path / MANIFEST_NAME)
+    if (digest := manifest_digest(path)) is not None:
+        return digest
     tree = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
         tree.update(f"{item.relative_to(path)}\0{sha256_file(item)}\n".encode())

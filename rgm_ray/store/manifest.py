@@ -1,7 +1,9 @@
-"""``manifest.json``: the table of contents of a sample set (shards, row counts, hashes, provenance).
+"""``_manifest.json``: the table of contents of a sample set (shards, row counts, hashes, provenance).
 
 A set is *finished* exactly when its manifest exists; the manifest is written last and atomically,
 so a crashed writer leaves a directory without one, which readers refuse and writers may resume.
+It is written as :data:`MANIFEST_NAME` and found with :func:`~rgm_ray.store.layout.side_file`, so an
+old-layout set's ``manifest.json`` is read too (:mod:`rgm_ray.store.layout`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Collection
 
 from rgm_ray import __version__
-from rgm_ray.store.atomic import atomic_write_json
+from rgm_ray.store.atomic import atomic_write_json, sha256_file
+from rgm_ray.store.layout import MANIFEST_NAME, side_file
 from rgm_ray.store.schema import Shape, format_shape, parse_shape
 
-MANIFEST_NAME = "manifest.json"
 FORMAT = "rgm_ray.sample_set/1"
 _REQUIRED = ("format", "shape", "source", "num_rows", "columns", "shards")
 _FIELDS = (*_REQUIRED, "provenance", "info")
@@ -78,18 +80,25 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
 
 
 def read_manifest(directory: str | Path) -> Manifest:
-    """Parse and validate ``directory/manifest.json``; every problem is one line naming the file and the field."""
-    path = Path(directory) / MANIFEST_NAME
+    """Parse and validate ``directory``'s manifest; every problem is one line naming the file and the field."""
+    path = side_file(directory, MANIFEST_NAME)
     if not path.is_file():
         raise ManifestError(f"{path}: missing; {directory} is not a finished sample set "
                             "(an interrupted run leaves no manifest; re-run it to resume)")
-    shard_path(directory, MANIFEST_NAME)  # a manifest symlinked from elsewhere is refused before it is read
+    shard_path(directory, path.name)  # a manifest symlinked from elsewhere is refused before it is read
     try:
         raw = json.loads(path.read_bytes())
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; nesting deeper than the parser's stack
         reason = " ".join(str(exc).split())[:200]
         raise ManifestError(f"{path}: malformed manifest, not valid JSON ({reason})") from exc
     return _manifest_from_json(raw, path)
+
+
+def manifest_digest(directory: str | Path) -> str | None:
+    """The SHA-256 of ``directory``'s manifest file (what a set's consumers record as its identity: it
+    covers every shard's hash), or None when there is none."""
+    path = side_file(directory, MANIFEST_NAME)
+    return sha256_file(path) if path.is_file() else None
 
 
 def _manifest_from_json(raw: Any, path: Path) -> Manifest:

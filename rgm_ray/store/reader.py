@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rgm_ray.store.layout import MANIFEST_NAME
 from rgm_ray.store.manifest import Manifest, read_manifest, shard_path
 from rgm_ray.store.schema import IMAGE, decode_images
 from rgm_ray.store.verify import ShardMapper, set_problems
@@ -32,7 +33,7 @@ class SampleSet:
         self._shard_paths = [shard_path(self.path, s.file) for s in self.manifest.shards]  # confined to the set
         missing = [p.name for p in self._shard_paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.path}: shard(s) listed in manifest.json are missing: "
+            raise FileNotFoundError(f"{self.path}: shard(s) listed in {MANIFEST_NAME} are missing: "
                                     f"{', '.join(missing)}; run 'rgm data verify {self.path}'")
 
     def __len__(self) -> int:

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rgm_ray.store.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, read_manifest, shard_path
+from rgm_ray.store.layout import MANIFEST_NAME, side_file
+from rgm_ray.store.manifest import Manifest, ManifestError, ShardInfo, read_manifest, shard_path
 from rgm_ray.store.schema import (BASE_FIELDS, COPIES, IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, Shape, image_offsets,
                                   table_shape)
 
@@ -67,7 +68,7 @@ def check_shard(path: str | Path, shard: ShardInfo, shape: Shape, columns: Seque
         return ShardFacts((f"not readable ({exc.strerror or exc})",))
     problems = []
     if hashlib.sha256(data).hexdigest() != shard.sha256:
-        problems.append("SHA-256 differs from manifest.json (file changed or corrupted)")
+        problems.append(f"SHA-256 differs from {MANIFEST_NAME} (file changed or corrupted)")
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data))
         schema = parquet.schema_arrow
@@ -75,7 +76,7 @@ def check_shard(path: str | Path, shard: ShardInfo, shape: Shape, columns: Seque
     except Exception as exc:  # pyarrow raises several types for damaged files
         return ShardFacts((*problems, f"not readable as Parquet ({' '.join(str(exc).split())})"))
     if parquet.metadata.num_rows != shard.rows:
-        problems.append(f"{parquet.metadata.num_rows} rows, manifest.json says {shard.rows}")
+        problems.append(f"{parquet.metadata.num_rows} rows, {MANIFEST_NAME} says {shard.rows}")
     problems += _schema_problems(schema, shape, columns)
     id_range = None
     if SAMPLE_ID in table.column_names and schema.field(SAMPLE_ID).type in ACCEPTED_TYPES[SAMPLE_ID]:
@@ -114,7 +115,7 @@ def _value_problems(table: pa.Table, schema: pa.Schema) -> list[str]:
 def _schema_problems(schema: pa.Schema, shape: Shape, columns: Sequence[str]) -> list[str]:
     problems = [f"missing column {name!r}" for name in dict.fromkeys([*columns, *(f.name for f in BASE_FIELDS)])
                 if name not in schema.names]
-    problems += [f"column {name!r} is not among manifest.json's columns"
+    problems += [f"column {name!r} is not among {MANIFEST_NAME}'s columns"
                  for name in schema.names if name not in columns]
     for name, accepted in ACCEPTED_TYPES.items():
         if name in schema.names and schema.field(name).type not in accepted:
@@ -137,7 +138,7 @@ def _id_problems(column: pa.ChunkedArray, shard: ShardInfo) -> tuple[list[str], 
     problems = []
     lo, hi = int(ids.min()), int(ids.max())
     if (lo, hi) != (shard.min_id, shard.max_id):
-        problems.append(f"sample_id range {lo}..{hi}, manifest.json says {shard.min_id}..{shard.max_id}")
+        problems.append(f"sample_id range {lo}..{hi}, {MANIFEST_NAME} says {shard.min_id}..{shard.max_id}")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         problems.append(f"duplicate sample_id {int(uniq[counts > 1][0])} within the shard")
@@ -148,7 +149,7 @@ def set_problems(directory: str | Path, manifest: Manifest, *, map_shards: Shard
     """Every problem of the set at ``directory`` (whose manifest is ``manifest``); empty when it is intact."""
     directory = Path(directory)
     listed = {s.file for s in manifest.shards}
-    problems = [Problem(extra, "Parquet file not listed in manifest.json (stray or extra shard)")
+    problems = [Problem(extra, f"Parquet file not listed in {MANIFEST_NAME} (stray or extra shard)")
                 for extra in sorted(p.name for p in directory.glob("*.parquet") if p.name not in listed)]
     paths: dict[int, Path] = {}
     for index, shard in enumerate(manifest.shards):
@@ -160,7 +161,7 @@ def set_problems(directory: str | Path, manifest: Manifest, *, map_shards: Shard
         if path.is_file():
             paths[index] = path
         else:
-            problems.append(Problem(shard.file, "listed in manifest.json but missing"))
+            problems.append(Problem(shard.file, f"listed in {MANIFEST_NAME} but missing"))
     mapper = map_shards or _in_process(paths)
     facts = mapper(check_shard, lambda s: (manifest.shards[s], manifest.shape, manifest.columns), shards=sorted(paths))
     for index in sorted(facts):
@@ -229,5 +230,5 @@ def verify_sample_set(directory: str | Path) -> list[Problem]:
     try:
         manifest = read_manifest(directory)
     except ManifestError as exc:
-        return [Problem(MANIFEST_NAME, str(exc))]
+        return [Problem(side_file(directory, MANIFEST_NAME).name, str(exc))]
     return set_problems(directory, manifest)

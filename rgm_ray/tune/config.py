@@ -1,4 +1,4 @@
-"""Sweep configurations (``tune_configs/*.yaml``): loading, ``--set`` overrides and validation.
+"""Sweep configurations (``tune_configs/*.yaml``): finding, loading, ``--set`` overrides and validation.
 
 A sweep is a grid of semi-supervised runs. Every trial is one *cell* ``{labels, source, sl_weight,
 seed}``: the cross product of the ``grid`` lists, plus optional ``baselines`` (``{source,
@@ -8,6 +8,10 @@ source string (``none``, ``real``, ``DIR``, ``weighted:DIR``), so a pipeline fil
 with ``--set sources.plain=DIR``. Paths are checked when the sweep starts, not here, so the shipped
 configs validate on a machine that has not generated anything yet.
 
+A configuration is named by a path or, for the shipped ones, by name (``ssl_smoke`` or
+``ssl_smoke.yaml``; :func:`sweep_config_path`), so ``rgm tune --config ssl_smoke`` and the pipeline's
+``ssl.config`` work from any directory and from an installed wheel.
+
 Every problem is a :class:`ConfigError` naming the file, the key and the reason.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -26,6 +31,8 @@ from rgm_ray.data import DATASET_NAMES
 from rgm_ray.ssl.sources import SourceSpec, parse_source
 from rgm_ray.ssl.trainer import SSLConfig, parse_labels
 
+SHIPPED_DIR = "tune_configs"  # at the repository root; inside the package once installed (setup.py)
+SUFFIX = ".yaml"
 GRID_KEYS = ("labels", "source", "sl_weight", "seed")
 BASELINE_KEYS = ("source", "sl_weight")
 PER_CELL_TRAIN_KEYS = ("labels", "sl_weight", "seed")  # set by the cell, not by ``train``
@@ -129,11 +136,37 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], origin: str =
         raise ConfigError(origin, exc.key, f"{exc.reason} (override {exc.override!r})") from exc
 
 
+def shipped_configs_dir() -> Path:
+    """The sweep configurations that come with the running code: ``rgm_ray/tune_configs/`` in an installed
+    wheel, the repository's top-level ``tune_configs/`` in a source checkout (an editable install, a Ray
+    job's working directory), so a job's configs are always those beside its code."""
+    package = Path(str(resources.files("rgm_ray")))
+    installed = package / SHIPPED_DIR
+    return installed if installed.is_dir() else package.parent / SHIPPED_DIR
+
+
+def shipped_config_names() -> list[str]:
+    """The names :func:`sweep_config_path` accepts, e.g. ``ssl_smoke``."""
+    return sorted(path.stem for path in shipped_configs_dir().glob(f"*{SUFFIX}"))
+
+
+def sweep_config_path(name_or_path: str | Path) -> Path:
+    """The YAML file ``name_or_path`` names: a shipped configuration's bare name, with or without
+    ``.yaml``, else a path to a file. A shipped name wins over a same-named file in the working
+    directory (write ``./NAME.yaml`` for that one), so a stray copy cannot change a preset's sweep."""
+    path = Path(name_or_path).expanduser()
+    shipped = shipped_configs_dir() / (path.stem + SUFFIX)
+    if path.name == str(name_or_path) and path.suffix in ("", SUFFIX) and shipped.is_file():
+        return shipped
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f"{name_or_path}: no such sweep configuration (a YAML file, or a shipped name: "
+                            f"{', '.join(shipped_config_names())})")
+
+
 def load_sweep_config(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
-    """Read, override and validate a YAML sweep configuration."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such sweep configuration")
+    """Read, override and validate a YAML sweep configuration (a path or a shipped name: :func:`sweep_config_path`)."""
+    path = sweep_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -2,11 +2,14 @@
 
 Tune runs the grid (``tune.grid_search`` over the cell list), reserving ``resources_per_trial``
 for every trial and, with a scheduler, stopping trials early on per-epoch validation accuracy
-(ASHA). Each trial opens its MLflow run *inside* the trainable with ``setup_mlflow`` (so figures
-and ``metrics.json`` are logged as artefacts from the worker) under one experiment the driver
-creates first: the SQLite schema is set up once, before trials write to it concurrently. On a
-multi-node cluster both ``out`` (trials write their ``metrics.json`` into it) and the tracking URI
-must be reachable from every node.
+(ASHA). The sweep's own MLflow run is the caller's (``rgm tune``'s, or the pipeline's ``ssl`` stage
+run): it gets the sweep's configuration as params, the trial counts and the best cell as metrics and
+the tables as artefacts. Each trial opens its run *inside* the trainable, as a child of that run in
+its experiment (so figures and ``metrics.json`` are logged as artefacts from the worker): the store,
+experiment and parent run travel to the Ray actors as a :class:`~rgm_ray.tracking.RunLink`, and the
+parent exists before any trial starts, so an SQLite store's schema is set up once, before trials
+write to it concurrently. On a multi-node cluster both ``out`` (trials write their ``metrics.json``
+into it) and the tracking URI must be reachable from every node.
 
 Trials are cheap to start, because their fixed costs are paid once per sweep, not per trial: the
 driver reads the real splits and every used sample set once (:class:`SweepData`, shared through
@@ -32,13 +35,13 @@ import numpy as np
 
 from rgm_ray.data import ImageDataset, load_dataset
 from rgm_ray.results import StageResult
-from rgm_ray.runtime import init_ray
+from rgm_ray.runtime import init_ray, ray_verbose
 from rgm_ray.ssl.sources import NONE, REAL, UnlabeledPool, load_sample_set_pool
 from rgm_ray.ssl.stage import select_indices
 from rgm_ray.ssl.trainer import KEY_BEST_EPOCH, KEY_BEST_VAL_ACC, KEY_EPOCH, KEY_TEST_ACC, KEY_TEST_ACC_LAST, KEY_VAL_ACC
 from rgm_ray.store.atomic import ArtefactExistsError
 from rgm_ray.store.lock import output_lock
-from rgm_ray.tracking import default_tracking_uri
+from rgm_ray.tracking import NullTracker, RunLink, Tracker, end_open_children
 from rgm_ray.tune.config import SweepConfig
 from rgm_ray.tune.results import COMPLETED, ERROR, STOPPED, SUMMARY_MD, write_results
 
@@ -60,8 +63,7 @@ class TrialSetup:
     train: dict[str, Any]
     sources: dict[str, str]  # name -> source string with absolute paths
     trials_dir: str  # Tune's experiment directory under ``out``; <trials_dir>/<trial name>/metrics.json
-    tracking_uri: str | None  # None: no MLflow
-    experiment_id: str | None
+    link: RunLink | None  # the sweep's run, each trial's parent; None: no MLflow
     threads: int
     use_gpu: bool
 
@@ -111,7 +113,7 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup, data: SweepData) -> No
     from rgm_ray.ssl.sources import parse_source
     from rgm_ray.ssl.stage import run_ssl, ssl_data
     from rgm_ray.ssl.trainer import SSLConfig
-    from rgm_ray.tracking import NullTracker, Tracker
+    from rgm_ray.tracking import start_run
 
     cell = config["cell"]
     ssl_config = SSLConfig.from_dict({**setup.train, "labels": cell["labels"], "sl_weight": cell["sl_weight"],
@@ -122,14 +124,7 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup, data: SweepData) -> No
     name = trial_name(cell)
     # Not tune.get_context().get_trial_dir(): in a reused actor that is a local directory Tune never syncs.
     trial_dir = Path(setup.trials_dir) / name
-    mlflow = None
-    if setup.tracking_uri is not None:
-        from ray.air.integrations.mlflow import setup_mlflow
-
-        params = {**cell, "dataset": setup.dataset, "unlabeled": str(source), "train": setup.train}
-        mlflow = setup_mlflow(params, tracking_uri=setup.tracking_uri, experiment_id=setup.experiment_id,
-                              run_name=name, tags={TAG_SWEEP: setup.sweep, TAG_TRIAL: name})
-    tracker = Tracker(mlflow.active_run()) if mlflow is not None else NullTracker()
+    params = {**cell, "dataset": setup.dataset, "unlabeled": str(source), "train": setup.train}
     final: dict[str, float] = {}
 
     def report(record: dict[str, float]) -> None:
@@ -140,18 +135,12 @@ def _run_trial(config: dict[str, Any], setup: TrialSetup, data: SweepData) -> No
         else:
             tune.report(record)
 
-    status = "FAILED"
-    try:
+    # Tune stops a trial by raising SystemExit inside tune.report: its run then ends KILLED
+    with start_run(name, enabled=setup.link is not None, link=setup.link, params=params,
+                   tags={TAG_SWEEP: setup.sweep, TAG_TRIAL: name}) as tracker:
         run_ssl(setup.dataset, source, ssl_config, source_name=cell["source"], out=trial_dir, overwrite=True,
                 device=device, tracker=tracker, on_epoch=report,
                 data=ssl_data(data.train, data.test, source, ssl_config, data.pools.get(cell["source"])))
-        status = "FINISHED"
-    except SystemExit:  # Tune stops a trial by raising SystemExit inside tune.report
-        status = "KILLED"
-        raise
-    finally:
-        if mlflow is not None:
-            mlflow.end_run(status=status)
     tune.report(final)
 
 
@@ -177,17 +166,14 @@ def read_inputs(config: SweepConfig) -> tuple[dict[str, str], SweepData]:
     return resolved, SweepData(train, test, pools)
 
 
-def _ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Id of the MLflow experiment ``name`` (created, or restored if deleted)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name)
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
+def _params(config: SweepConfig) -> dict[str, Any]:
+    """The sweep's configuration as its run's params (sources as a config file writes them)."""
+    return {"name": config.name, "dataset": config.dataset, "grid": config.grid, "train": config.train,
+            "sources": {name: str(spec) for name, spec in config.used_sources().items()},
+            "baselines": list(config.baselines), "resources_per_trial": config.resources,
+            "max_concurrent_trials": config.max_concurrent_trials, "compare_to": config.compare_to,
+            "scheduler": asdict(config.scheduler) if config.scheduler is not None else None,
+            "trials": len(config.cells())}
 
 
 def _row(result: Any) -> dict[str, Any]:
@@ -232,23 +218,27 @@ class SweepResult(StageResult):
 
 
 def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: str | None = None,
-              track: bool = True, overwrite: bool = False) -> SweepResult:
-    """Run every cell of ``config`` on Ray Tune and write the tables into ``out`` (default: the config's)."""
+              tracker: Tracker | None = None, overwrite: bool = False) -> SweepResult:
+    """Run every cell of ``config`` on Ray Tune and write the tables into ``out`` (default: the config's).
+
+    ``tracker`` is the sweep's MLflow run (the trials' parent); without one the trials are not tracked.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    tracker = tracker or NullTracker()
     out = Path(out or config.out_dir).expanduser().resolve()
     with output_lock(out):
         if (out / SUMMARY_MD).exists() and not overwrite:
             raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
         sources, data = read_inputs(config)
-        tracking_uri = (config.tracking_uri or default_tracking_uri()) if track else None
-        experiment_id = _ensure_experiment(tracking_uri, config.experiment_name) if tracking_uri else None
+        tracker.log_params(_params(config))
+        link = tracker.link()
         resources = config.resources
         storage = out / RAY_RESULTS
         setup = TrialSetup(sweep=config.name, dataset=config.dataset, train=dict(config.train),
-                           sources=sources, trials_dir=str(storage / config.name), tracking_uri=tracking_uri,
-                           experiment_id=experiment_id, threads=max(1, int(resources["cpu"])),
+                           sources=sources, trials_dir=str(storage / config.name), link=link,
+                           threads=max(1, int(resources["cpu"])),
                            use_gpu=resources["gpu"] > 0)
         scheduler = None
         if config.scheduler is not None:
@@ -266,13 +256,17 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
             tune_config=tune.TuneConfig(metric=KEY_VAL_ACC, mode="max", scheduler=scheduler,
                                         max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
                                         trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name),
-            run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=0),
+            run_config=tune.RunConfig(name=config.name, storage_path=str(storage), verbose=int(ray_verbose())),
         )
         # Tune's own Ctrl-C handler ends the run and returns the trials so far as if the sweep had finished
         # (its tables would then be taken for a finished sweep); without it Ctrl-C interrupts like anywhere else
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
-            grid = tuner.fit()
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's banners would corrupt `rgm tune --json`
+                grid = tuner.fit()
+        except BaseException:
+            end_open_children(link)
+            raise
         seconds = time.perf_counter() - started
         rows = sorted((_row(result) for result in grid), key=lambda r: cells.index(
             {k: r[k] for k in ("labels", "source", "sl_weight", "seed")}))
@@ -283,9 +277,14 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
                                    f"{first}); Tune logs under {storage / config.name}")
         tables = write_results(out, rows, title=f"Sweep '{config.name}' ({config.dataset})",
                                reference=config.compare_to)
-        return SweepResult(out=str(out), metrics={"seconds": seconds, **{k: float(v) for k, v in counts.items()}},
-                           sweep=config.name, trials=len(rows), tracking_uri=tracking_uri,
-                           experiment=config.experiment_name if tracking_uri else None, resources_per_trial=resources,
+        metrics = {"seconds": seconds, **{k: float(v) for k, v in counts.items()}}
+        best = tables["best"] or {}
+        tracker.log_metrics({**metrics, **{f"best_{key}": best.get(key) for key in ("val_acc_mean", "test_acc_mean")}})
+        for path in tables["files"].values():
+            tracker.log_artifact(path)
+        return SweepResult(out=str(out), metrics=metrics,
+                           sweep=config.name, trials=len(rows), tracking_uri=link.tracking_uri if link else None,
+                           experiment=link.experiment_name if link else None, resources_per_trial=resources,
                            best=tables["best"], selected=tables["selected"], files=tables["files"],
                            ray_results=str(storage / config.name),
                            scheduler=None if config.scheduler is None else asdict(config.scheduler))

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rgm_ray.runtime import ClusterOptions, autodetect_device, init_ray, set_torch_threads, worker_count
+from rgm_ray.runtime import (ClusterOptions, autodetect_device, init_ray, quiet_ray_data, set_torch_threads,
+                             worker_count)
 from rgm_ray.store import IMAGE, LOG_WEIGHT, SAMPLE_ID, SampleSet
 from rgm_ray.weigh.weigher import load_weigher
 
@@ -105,6 +106,7 @@ def score_sample_set(samples: SampleSet, weigher_dir: str, cluster: ClusterOptio
     import ray
 
     init_ray(cluster.address)
+    quiet_ray_data()
     workers = worker_count(cluster, ray.cluster_resources(), reserve_cpu=True,
                            node_cpus=[n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]])
     expected = np.sort(samples.read([SAMPLE_ID])[SAMPLE_ID].astype(np.int64))

@@ -47,6 +47,7 @@ from rgm_ray.store import (IMAGE, LABEL, LOG_WEIGHT, SAMPLE_ID, SampleSet, Sampl
                            make_table, provenance)
 from rgm_ray.store import completion
 from rgm_ray.store.completion import check_not_inside, mark_complete, stage_output
+from rgm_ray.store.lineage import log_sample_sets
 from rgm_ray.store.lock import output_lock
 from rgm_ray.tracking import NullTracker, Tracker
 from rgm_ray.weigh.backbones import GAN_DISCRIMINATOR, BackboneSpec, build_backbone
@@ -369,6 +370,7 @@ def weigh(spec: WeighSpec, cluster: ClusterOptions = SCORING_CLUSTER, *, overwri
     tracker.log_metrics(metrics)
     for path in (*artefacts, *weight_files):
         tracker.log_artifact(final / path.name)
+    log_sample_sets(tracker, [] if spec.baseline else [spec.samples], context="training")
     pooled = report["pooled"]
     headline = (
         f"weighed {scores.sample_ids.size} samples into {final / WEIGHTED_DIR}: held-out accuracy "
