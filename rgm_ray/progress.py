@@ -2,7 +2,8 @@
 
 A bar redrawn with carriage returns turns into thousands of updates on one line once stderr is a
 file, and tqdm's clean-up leaves blank lines behind. So when stderr is not a terminal a bar prints
-one line when it starts, one each time it passes another ``LINE_PERCENT`` % of its total or when
+one line when it starts, one each time it passes another ``LINE_PERCENT`` % of its total (but not
+within ``MIN_SECONDS`` of its last line, so a bar done in a second is two lines, not twenty) or when
 ``$RGM_PROGRESS_SECONDS`` (default ``DEFAULT_SECONDS``) have gone by since its last line, whichever
 comes first, and a last one when it ends::
 
@@ -27,6 +28,7 @@ T = TypeVar("T")
 SECONDS_ENV = "RGM_PROGRESS_SECONDS"
 DEFAULT_SECONDS = 30.0  # a quiet stretch of a long stage still shows it is alive, without flooding the log
 LINE_PERCENT = 5.0
+MIN_SECONDS = 1.0  # between two percent lines
 
 
 def progress_bar(*, total: int | None, desc: str, unit: str = "it", initial: int = 0,
@@ -105,7 +107,8 @@ class LineProgress:
         self.n += n
         now = self._clock()
         step = self._step()
-        if step > self._last_step or now - self._last_time >= self._seconds:
+        quiet = now - self._last_time
+        if (step > self._last_step and quiet >= MIN_SECONDS) or quiet >= self._seconds:
             self._write(now)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:

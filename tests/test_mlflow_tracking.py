@@ -162,11 +162,13 @@ def test_rgm_train_in_a_ray_job_logs_params_and_a_registered_generator(ray_job, 
     import mlflow
 
     out = tmp_path / "run" / "models" / "vae"
+    out.parent.mkdir(parents=True)
+    (tmp_path / "run" / "pipeline.json").write_text("{}")  # a pipeline run directory's folder
     argv = ["train", "vae", "--preset", "tiny", "--out", str(out), "--max-steps", "2", "--register-model",
             "tiny-vae", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)  # MLflow's registry lines went to stderr
-    uri = f"sqlite:///{out.parent / 'mlflow.db'}"  # beside --out, which training may replace
+    uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"  # the pipeline's own store, not in --out
     client = _client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
     params, metrics = run.data.params, run.data.metrics

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rgm_ray.cli.common import UserError, add_cluster_args, add_preset_args, cluster_options, output_dir
+from rgm_ray.cli.common import (UserError, add_cluster_args, add_preset_args, cluster_options, output_dir, progress,
+                                progress_bar)
 from rgm_ray.pipeline.context import Context
 from rgm_ray.pipeline.presets import load_preset
 from rgm_ray.pipeline.runner import run_pipeline
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ctx = Context(preset_name=args.preset, preset=preset, run_dir=Path(args.out),
                   cluster=cluster_options(args),
                   track=not args.no_mlflow, retrain=args.retrain, inception_weights=args.inception_weights,
-                  register_models=args.register_models)
+                  register_models=args.register_models, progress_bar=progress_bar, progress=progress)
     summary = run_pipeline(ctx, until=args.until)
     report = Path(args.out) / "report.html"
     lines = [f"pipeline '{args.preset}' finished in {summary['seconds_total']:.0f} s; run directory {args.out}"]

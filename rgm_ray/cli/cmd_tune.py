@@ -41,10 +41,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rgm_ray.tune.sweep import SweepFailedError, run_sweep
 
     out = Path(args.out or config.out_dir).expanduser().resolve()
-    # the sweep's run, its trials' parent; its store (inside a Ray job) may live in the sweep's directory
+    # the sweep's run, its trials' parent
     with tracked_run(args, f"tune-{config.name}", {"config": args.config, "overrides": overrides},
-                     experiment=config.experiment_name, tracking_uri=config.tracking_uri, out=out,
-                     store_dir=out) as tracker:
+                     experiment=config.experiment_name, tracking_uri=config.tracking_uri, out=out) as tracker:
         try:
             return run_sweep(config, out=out, address=args.address, tracker=tracker, overwrite=args.overwrite)
         except SweepFailedError as exc:

@@ -94,13 +94,24 @@ def command_line() -> str:
     return shlex.join(["rgm", *sys.argv[1:]])
 
 
+def job_store_dir(out: str | Path) -> Path:
+    """Where a command writing ``out`` keeps its MLflow store inside a Ray job (no ``MLFLOW_TRACKING_URI``):
+    the pipeline run directory ``out`` lies in (the nearest folder above it holding ``pipeline.json``), so
+    single-stage commands on a run's folders track into the pipeline's own store; else beside ``out``
+    (never in it: a sample set is replaced whole)."""
+    from rgm_ray.report.build import STATE_FILE  # not at import time: ``rgm --help`` stays light
+
+    out = Path(out).expanduser().resolve()
+    return next((folder for folder in out.parents if (folder / STATE_FILE).is_file()), out.parent)
+
+
 def tracked_run(args: argparse.Namespace, run_name: str, params: dict[str, Any], **options: Any):
     """Open the command's MLflow run, honouring ``--no-mlflow`` and ``--experiment``, tagged with its
-    ``--preset`` and ``--out``. Inside a Ray job the default store goes beside ``--out``, which may be a
-    sample set that is replaced whole (``options`` go to :func:`~rgm_ray.tracking.start_run`)."""
+    ``--preset`` and ``--out``; inside a Ray job the default store is :func:`job_store_dir`'s
+    (``options`` go to :func:`~rgm_ray.tracking.start_run`)."""
     out = getattr(args, "out", None)
     options = {"experiment": getattr(args, "experiment", None), "out": out,
-               "store_dir": Path(out).expanduser().resolve().parent if out else None, **options}
+               "store_dir": job_store_dir(out) if out else None, **options}
     preset = getattr(args, "preset", None)
     return start_run(run_name, enabled=not getattr(args, "no_mlflow", True), params=params,
                      tags={TAG_PRESET: preset} if preset else None, **options)

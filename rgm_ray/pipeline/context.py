@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rgm_ray.pipeline.presets import Preset, section
 from rgm_ray.runtime import ClusterOptions
@@ -20,6 +20,10 @@ class Context:
     retrain: bool = False
     inception_weights: str | None = None  # local Inception-V3 weights file (paper preset)
     register_models: str | None = None  # MLflow registry prefix: each generator as <prefix>-<name>
+    # the stages' progress output, as the single-stage commands have it (``rgm_ray.progress``): a bar
+    # factory (``progress_bar``) and an iterable wrapper (``progress``); None: silent stages
+    progress_bar: Callable[..., Any] | None = None
+    progress: Callable[..., Any] | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # stage name -> its result, as recorded
 
     def config(self, name: str) -> Any:

@@ -96,7 +96,7 @@ def _run_domain(ctx: Context, tracker: Tracker) -> StageResult:
     data, pretrained = ctx.config("data"), ctx.config("pipeline").pretrained
     committed = ASSETS / pretrained / DOMAIN_ASSET / CHECKPOINT_DIR if pretrained and not ctx.retrain else None
     domain = ensure_domain(data["dataset"], ctx.path("domain"), ctx.config("domain"), root=data["root"],
-                           committed=committed, tracker=tracker)
+                           committed=committed, tracker=tracker, progress=ctx.progress_bar)
     copied = {"pretrained": pretrained} if domain.copied_from is not None else {}
     tracker.log_params({"dataset": data["dataset"], **dataclasses.asdict(ctx.config("domain")), **copied})
     tracker.log_metrics({k: v for k, v in domain.metrics.items() if isinstance(v, float)})
@@ -171,7 +171,7 @@ def _run_train(name: str) -> Callable[[Context, Tracker], StageResult]:
         spec = TrainSpec(family=family.name, dataset=data["dataset"], root=data["root"], out=str(out),
                          model=ctx.config(family.preset_section), train=train, preset=ctx.preset_name)
         return train_generator(_logged(spec, tracker), tracker=tracker, origin=_origin(ctx, name),
-                               register_model=_registered_name(ctx, name))
+                               register_model=_registered_name(ctx, name), progress=ctx.progress_bar)
     return run
 
 
@@ -192,7 +192,7 @@ def _generate_spec(ctx: Context, name: str) -> GenerateSpec:
 
 def _run_generate(name: str) -> Callable[[Context, Tracker], StageResult]:
     return lambda ctx, tracker: generate_sample_set(_logged(_generate_spec(ctx, name), tracker), ctx.cluster,
-                                                    tracker=tracker)
+                                                    tracker=tracker, progress=ctx.progress_bar)
 
 
 def _weigh_spec(ctx: Context, variant: WeighVariant) -> WeighSpec:
@@ -214,7 +214,8 @@ def _run_weigh(variant: WeighVariant) -> Callable[[Context, Tracker], StageResul
     # Ray Data scorers take fractional CPUs so the read tasks keep one (see weigh.scoring)
     return lambda ctx, tracker: weigh.weigh(
         _logged(_weigh_spec(ctx, variant), tracker),
-        dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker), tracker=tracker)
+        dataclasses.replace(ctx.cluster, cpus_per_worker=SCORING_CLUSTER.cpus_per_worker), tracker=tracker,
+        progress=ctx.progress_bar)
 
 
 def _resampled_name(name: str, method: str | None) -> str:
@@ -234,7 +235,8 @@ def _resample_spec(ctx: Context, name: str, method: str | None = None) -> Resamp
 def _run_resample(name: str, method: str | None = None) -> Callable[[Context, Tracker], StageResult]:
     # a finished set from other settings is replaced, atomically, once the new draw is written
     return lambda ctx, tracker: resample_sample_set(_logged(_resample_spec(ctx, name, method), tracker),
-                                                    ctx.cluster, overwrite=True, tracker=tracker)
+                                                    ctx.cluster, overwrite=True, tracker=tracker,
+                                                    progress=ctx.progress_bar)
 
 
 def _resample_stage(name: str, method: str | None = None) -> Stage:
@@ -270,7 +272,8 @@ def _evaluate_spec(ctx: Context) -> EvaluateSpec:
 
 
 def _run_evaluate(ctx: Context, tracker: Tracker) -> StageResult:
-    return evaluate_sets(_logged(_evaluate_spec(ctx), tracker), tracker=tracker)
+    return evaluate_sets(_logged(_evaluate_spec(ctx), tracker), tracker=tracker, progress=ctx.progress,
+                         progress_bar=ctx.progress_bar)
 
 
 def _methods_spec(ctx: Context) -> EvaluateSpec:
@@ -302,7 +305,7 @@ def _audit_spec(ctx: Context) -> AuditSpec:
 
 
 def _run_audit(ctx: Context, tracker: Tracker) -> StageResult:
-    return audit_sets(_logged(_audit_spec(ctx), tracker), tracker=tracker)
+    return audit_sets(_logged(_audit_spec(ctx), tracker), tracker=tracker, progress=ctx.progress)
 
 
 def _methods_complete(ctx: Context) -> bool:
@@ -314,7 +317,8 @@ def _methods_complete(ctx: Context) -> bool:
 
 
 def _run_evaluate_methods(ctx: Context, tracker: Tracker) -> StageResult:
-    return evaluate_sets(_logged(_methods_spec(ctx), tracker), tracker=tracker)
+    return evaluate_sets(_logged(_methods_spec(ctx), tracker), tracker=tracker, progress=ctx.progress,
+                         progress_bar=ctx.progress_bar)
 
 
 def _sweep_sources(ctx: Context) -> dict[str, str]:
