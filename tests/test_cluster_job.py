@@ -271,3 +271,38 @@ def test_mlflow_server_holds_the_pipeline_tree_and_each_stage_job(cluster):
     for module in ("pipelines.generate", "pipelines.weigh", "pipelines.resample"):
         for argv in _entrypoints(cluster, module):
             assert str(Path(_value(argv, "--out")).resolve()) in outs, module
+
+
+# stages whose outputs are files logged as artefacts (the others' are a checkpoint: a logged model)
+ARTEFACT_STAGES = ("generate_", "weigh_", "resample_", "evaluate", "audit", "ssl", "report")
+
+
+def test_each_stage_run_has_its_params_and_artefacts_and_a_generator_model_samples(cluster):
+    """The issue's MLflow tree, read from the server: every stage run has params, every stage writing
+    files has them as artefacts, and a train stage's logged generator loads with ``mlflow.pytorch`` and
+    samples exactly what its checkpoint does."""
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from rgm_ray.models import load_checkpoint
+    from rgm_ray.models.registry import get_family
+    from rgm_ray.tracking import TAG_MODEL_URI
+
+    [submit] = [argv for argv, _ in cluster["jobs"] if "pipelines.full" in argv]
+    experiment = json.loads(_value(submit, "--runtime-env-json"))["env_vars"]["MLFLOW_EXPERIMENT_NAME"]
+    [pipeline] = [root for root in run_trees(cluster["mlflow"], experiment) if root.name == "pipeline-tiny"]
+    stages = {child.tag(TAG_STAGE): child for child in pipeline.children}
+    client = MlflowClient(tracking_uri=cluster["mlflow"])
+    no_params = [name for name, node in stages.items() if name != "report" and not node.run.data.params]
+    assert not no_params, f"stage runs without params: {no_params}"
+    no_files = [name for name, node in stages.items() if name.startswith(ARTEFACT_STAGES)
+                and not client.list_artifacts(node.run.info.run_id)]
+    assert not no_files, f"stage runs without artefacts: {no_files}"
+    uri = stages["train_vae"].tag(TAG_MODEL_URI)
+    assert uri, "train_vae logged no generator model"
+    mlflow.set_tracking_uri(cluster["mlflow"])
+    images = mlflow.pytorch.load_model(uri).sample(3, seed=7)
+    expected = get_family("vae").draw(load_checkpoint(cluster["run"] / "models" / "vae" / "checkpoint"), 3, seed=7)
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (3, 1, 28, 28)
+    np.testing.assert_array_equal(images.numpy(), expected)
