@@ -155,14 +155,17 @@ def test_ray_data_console_keeps_only_warnings_unless_verbose(verbose, monkeypatc
 
     monkeypatch.setenv(VERBOSE_ENV, "1" if verbose else "0")
     context = ray.data.DataContext.get_current()
-    handlers = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    # Ray's console handler (not pytest's capture handlers), put back as ``import ray.data`` sets it up
+    # (INFO, on this test's stderr): earlier tests in this process quieted it, or captured its stream
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("ray.")]
     notice = logging.getLogger("ray.data._internal.progress")
     levels, bars, notice_level = [h.level for h in handlers], context.enable_progress_bars, notice.level
-    # the handlers write to the stderr of whoever imported ray.data first (another test's capture in a
-    # full run): point them at this test's
     streams = [h.stream for h in handlers]
     for handler in handlers:
+        handler.setLevel(logging.INFO)
         handler.stream = sys.stderr  # not setStream: it flushes the old stream, maybe closed by now
+    notice.setLevel(logging.NOTSET)
     try:
         context.enable_progress_bars = True
         quiet_ray_data()

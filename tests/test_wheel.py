@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "rgm_ray", "pipelines", "tune_configs")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "rgm_ray", "pipelines", "tune_configs")
 PACKAGE_ROOTS = ("rgm_ray", "pipelines")
 CHECK = """
 import json
