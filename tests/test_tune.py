@@ -253,6 +253,7 @@ def test_rgm_tune_smoke_one_mlflow_run_per_trial(ray_local, tmp_path, tracking_u
 
     assert cli_main(argv) == 2  # a finished sweep is not overwritten silently
     assert "--overwrite" in capsys.readouterr().err
+    assert len(mlflow.search_runs(experiment_names=["smoke_test"])) == 3  # and the refusal opened no run
 
 
 # ---------------------------------------------------------------- data shared by the trials

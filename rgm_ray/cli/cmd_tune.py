@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.check:
         return {"sweep": config.name, "trials": len(cells), "cells": cells,
                 "message": f"{args.config}: valid; {len(cells)} trials, {config.resources} per trial"}
-    from rgm_ray.tune.sweep import SweepFailedError, run_sweep
+    from rgm_ray.tune.sweep import SweepFailedError, refuse_finished, run_sweep
 
     out = Path(args.out or config.out_dir).expanduser().resolve()
+    refuse_finished(out, args.overwrite)  # before an MLflow run is opened (and left FAILED)
     # the sweep's run, its trials' parent
     with tracked_run(args, f"tune-{config.name}", {"config": args.config, "overrides": overrides},
                      experiment=config.experiment_name, tracking_uri=config.tracking_uri, out=out) as tracker:

@@ -229,8 +229,7 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
     tracker = tracker or NullTracker()
     out = Path(out or config.out_dir).expanduser().resolve()
     with output_lock(out):
-        if (out / SUMMARY_MD).exists() and not overwrite:
-            raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
+        refuse_finished(out, overwrite)
         sources, data = read_inputs(config)
         tracker.log_params(_params(config))
         link = tracker.link()
@@ -288,6 +287,12 @@ def run_sweep(config: SweepConfig, *, out: str | Path | None = None, address: st
                            best=tables["best"], selected=tables["selected"], files=tables["files"],
                            ray_results=str(storage / config.name),
                            scheduler=None if config.scheduler is None else asdict(config.scheduler))
+
+
+def refuse_finished(out: str | Path, overwrite: bool) -> None:
+    """ArtefactExistsError when ``out`` holds a finished sweep and ``overwrite`` is off."""
+    if is_complete(out) and not overwrite:
+        raise ArtefactExistsError(f"{out} already holds a finished sweep; pass --overwrite or another --out")
 
 
 def is_complete(out: str | Path) -> bool:
