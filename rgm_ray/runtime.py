@@ -70,7 +70,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     # Ray's banners and info logs, and the workers' output echoed by the driver, off unless asked for
     kwargs: dict = {} if verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
     # ... and Ray's warning, every time, that a local cluster has token auth on (its default for a new one)
-    with _logger_level(TOKEN_NOTICE_LOGGER, None if verbose else logging.ERROR), _keep_sigterm_handler():
+    with logger_level(TOKEN_NOTICE_LOGGER, None if verbose else logging.ERROR), _keep_sigterm_handler():
         if address is None and not os.environ.get("RAY_ADDRESS"):
             with _loopback_only(), _private_auth_token():
                 ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
@@ -123,8 +123,8 @@ def quiet_ray_data() -> None:
 
 
 @contextlib.contextmanager
-def _logger_level(name: str, level: int | None) -> Iterator[None]:
-    """Logger ``name`` at ``level`` (None: as it is) in the block."""
+def logger_level(name: str, level: int | None) -> Iterator[None]:
+    """Logger ``name`` at ``level`` (None: as it is) in the block, then back at its own level."""
     logger = logging.getLogger(name)
     saved = logger.level
     if level is not None:

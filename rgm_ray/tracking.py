@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from rgm_ray import __version__
+from rgm_ray.runtime import logger_level
 
 DEFAULT_EXPERIMENT = "rgm_ray"
 DEFAULT_DB = "mlflow.db"
@@ -276,16 +277,12 @@ class Tracker:
 
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(inputs[0]), tuple(inputs[1]))]),
                                    outputs=Schema([TensorSpec(np.dtype(outputs[0]), tuple(outputs[1]))]))
-        pickle_note = logging.getLogger("mlflow.pytorch")  # its pickle caution is in our docstrings instead
-        level = pickle_note.level
-        pickle_note.setLevel(logging.ERROR)
-        try:
+        # mlflow.pytorch's pickle caution is in our docstrings instead
+        with logger_level("mlflow.pytorch", logging.ERROR):
             info = mlflow.pytorch.log_model(model, name=name, signature=signature, serialization_format="pickle",
                                             pip_requirements=list(pip_requirements),
                                             registered_model_name=registered_model_name,
                                             metadata=dict(metadata or {}))
-        finally:
-            pickle_note.setLevel(level)
         self.set_tags({TAG_MODEL_URI: info.model_uri})
         return info.model_uri
 
